@@ -1,0 +1,401 @@
+"""Shared fixtures: TCP targets, a proxy in a thread, log capture, leak checks.
+
+Everything runs over real sockets on 127.0.0.1 with real threads.  Waiting
+is done by polling a condition against a deadline (:func:`wait_until`),
+never by sleeping a fixed time.
+"""
+
+import hashlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Callable, List, Optional
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from wsclient import DEFAULT_TIMEOUT, WSClient, open_session  # noqa: E402
+
+#: How long teardown waits for threads started by a test to end.
+THREAD_DEADLINE = 5.0
+
+
+def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
+               message: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail("timed out after %.1fs waiting for %s" % (timeout, message))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- TCP targets -------------------------------------------------------------------
+
+
+class TargetConnection:
+    """One connection accepted by a :class:`TargetServer`, and what it saw.
+
+    ``received`` holds every byte read (when the server records them),
+    ``received_count`` and ``received_sha256`` always track them.  ``eof`` is
+    set when the peer shut down its write side; ``finished`` when this
+    connection's thread ended.  ``sent_count`` / ``sent_sha256`` describe
+    what the target sent on its own (``send_on_connect``).
+    """
+
+    def __init__(self, sock: socket.socket, address) -> None:
+        self.sock = sock
+        self.address = address
+        self.lock = threading.Lock()
+        self.received = bytearray()
+        self.received_count = 0
+        self._received_hash = hashlib.sha256()
+        self.sent_count = 0
+        self.sent_sha256 = hashlib.sha256().hexdigest()
+        self.eof = threading.Event()
+        self.finished = threading.Event()
+        self.error = None  # type: Optional[BaseException]
+
+    @property
+    def received_sha256(self) -> str:
+        with self.lock:
+            return self._received_hash.hexdigest()
+
+    def record(self, data: bytes, keep: bool) -> None:
+        with self.lock:
+            if keep:
+                self.received += data
+            self.received_count += len(data)
+            self._received_hash.update(data)
+
+    def received_bytes(self) -> bytes:
+        with self.lock:
+            return bytes(self.received)
+
+    def wait_received(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until at least ``count`` bytes arrived."""
+        wait_until(lambda: self.received_count >= count, timeout,
+                   "the target to receive %d bytes (has %d)" % (count, self.received_count))
+
+    def wait_eof(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until the proxy shut down its side of this connection."""
+        if not self.eof.wait(timeout):
+            pytest.fail("the target saw no EOF from the proxy within %.1fs" % timeout)
+
+
+class TargetServer:
+    """A threaded TCP server standing in for the proxied service.
+
+    Per connection, in order: send ``send_on_connect``; if
+    ``close_after_send``, shut down the write side (the bytes, then FIN) and
+    only drain; otherwise read, record (``keep`` keeps the bytes, else only
+    hash and count), echo back when ``echo``, and stop after ``close_after``
+    bytes.  When the peer shuts down its write side, send ``send_on_eof``.
+    The connection then closes gracefully (FIN first, drain, close).
+    """
+
+    def __init__(self, echo: bool = True, keep: bool = True, send_on_connect: bytes = b"",
+                 close_after_send: bool = False, close_after: Optional[int] = None,
+                 send_on_eof: bytes = b"") -> None:
+        self.echo = echo
+        self.keep = keep
+        self.send_on_connect = send_on_connect
+        self.close_after_send = close_after_send
+        self.close_after = close_after
+        self.send_on_eof = send_on_eof
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.connections = []  # type: List[TargetConnection]
+        self._threads = []  # type: List[threading.Thread]
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                               name="target-accept-%d" % self.port)
+        self._accept_thread.start()
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1:%d" % self.port
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, address = self.listener.accept()
+            except OSError:
+                return
+            if self._stopping:
+                sock.close()
+                return
+            connection = TargetConnection(sock, address)
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True,
+                                      name="target-conn-%d" % self.port)
+            with self._lock:
+                self.connections.append(connection)
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: TargetConnection) -> None:
+        sock = connection.sock
+        try:
+            if self.send_on_connect:
+                sock.sendall(self.send_on_connect)
+                connection.sent_count = len(self.send_on_connect)
+                connection.sent_sha256 = hashlib.sha256(self.send_on_connect).hexdigest()
+            if self.close_after_send:
+                sock.shutdown(socket.SHUT_WR)
+                self._drain(connection)
+                return
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    connection.eof.set()
+                    if self.send_on_eof:
+                        sock.sendall(self.send_on_eof)
+                    break
+                connection.record(data, self.keep)
+                if self.echo:
+                    sock.sendall(data)
+                if self.close_after is not None and connection.received_count >= self.close_after:
+                    sock.shutdown(socket.SHUT_WR)
+                    self._drain(connection)
+                    return
+        except OSError as exc:
+            connection.error = exc
+        finally:
+            try:
+                sock.close()
+            finally:
+                connection.finished.set()
+
+    def _drain(self, connection: TargetConnection) -> None:
+        """After our FIN: read (and record) until the proxy closes, so close sends no RST."""
+        while True:
+            data = connection.sock.recv(65536)
+            if not data:
+                connection.eof.set()
+                return
+            connection.record(data, self.keep)
+
+    def wait_connection(self, index: int = 0, timeout: float = DEFAULT_TIMEOUT) -> TargetConnection:
+        """Return the ``index``-th accepted connection, waiting for it."""
+        wait_until(lambda: len(self.connections) > index, timeout,
+                   "connection #%d to the target" % (index + 1))
+        return self.connections[index]
+
+    def stop(self) -> None:
+        """Stop accepting, end every connection and join all threads."""
+        self._stopping = True
+        try:  # wake the blocking accept()
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            pass
+        self._accept_thread.join(THREAD_DEADLINE)
+        self.listener.close()
+        with self._lock:
+            connections, threads = list(self.connections), list(self._threads)
+        for connection in connections:
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(THREAD_DEADLINE)
+
+
+@pytest.fixture
+def make_target():
+    """Factory: ``make_target(**options)`` starts a :class:`TargetServer`; all stop after the test."""
+    servers = []  # type: List[TargetServer]
+
+    def start(**options) -> TargetServer:
+        server = TargetServer(**options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def echo_target(make_target) -> TargetServer:
+    """An echo target that keeps every byte it received."""
+    return make_target()
+
+
+@pytest.fixture
+def sink_target(make_target) -> TargetServer:
+    """A target that only counts and hashes what it receives."""
+    return make_target(echo=False, keep=False)
+
+
+@pytest.fixture
+def source_target(make_target):
+    """Factory: ``source_target(n)`` sends ``n`` random bytes per connection, then FIN."""
+
+    def start(count: int) -> TargetServer:
+        return make_target(echo=False, send_on_connect=os.urandom(count), close_after_send=True)
+
+    return start
+
+
+# -- log capture and leak checks ---------------------------------------------------
+
+
+class LogCapture(logging.Handler):
+    """Collects every record sent to the ``wsproxy`` logger (and its children)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records = []  # type: List[logging.LogRecord]
+        self._records_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._records_lock:
+            self.records.append(record)
+
+    def snapshot(self) -> List[logging.LogRecord]:
+        with self._records_lock:
+            return list(self.records)
+
+    def messages(self) -> List[str]:
+        return [record.getMessage() for record in self.snapshot()]
+
+    def find(self, *fragments: str) -> List[str]:
+        """Messages containing every one of ``fragments``."""
+        return [text for text in self.messages() if all(part in text for part in fragments)]
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = DEFAULT_TIMEOUT,
+                 what: str = "a log line") -> str:
+        """Wait for a message satisfying ``predicate``; return it."""
+        def matching():
+            return [text for text in self.messages() if predicate(text)]
+        found = wait_until(matching, timeout, "%s; got:\n%s" % (what, "\n".join(self.messages())))
+        return found[0]
+
+    def tracebacks(self) -> List[logging.LogRecord]:
+        return [record for record in self.snapshot() if record.exc_info or record.stack_info]
+
+    def assert_no_traceback(self) -> None:
+        bad = self.tracebacks()
+        assert not bad, "log records carry a traceback: %s" % [
+            (record.getMessage(), record.exc_info) for record in bad]
+
+
+@pytest.fixture
+def wsproxy_log():
+    """Capture the ``wsproxy`` logger at DEBUG; fail at teardown on any traceback."""
+    logger = logging.getLogger("wsproxy")
+    capture = LogCapture()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(old_level)
+    capture.assert_no_traceback()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak():
+    """Every test must leave the process with as many threads as it found."""
+    before = threading.active_count()
+    yield
+    deadline = time.monotonic() + THREAD_DEADLINE
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    after = threading.active_count()
+    assert after <= before, "threads leaked: %d before, %d after: %s" % (
+        before, after, [thread.name for thread in threading.enumerate()])
+
+
+# -- the proxy under test ------------------------------------------------------------
+
+
+class RunningProxy:
+    """A ProxyServer serving in a thread; ``port`` is where it listens."""
+
+    def __init__(self, server, settings) -> None:
+        self.server = server
+        self.settings = settings
+        self.port = server.server_address[1]
+        self.clients = []  # type: List[WSClient]
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                       name="proxy-serve-%d" % self.port)
+        self.thread.start()
+
+    @property
+    def target(self) -> str:
+        return "%s:%d" % (self.settings.target_host, self.settings.target_port)
+
+    def client(self, timeout: float = DEFAULT_TIMEOUT) -> WSClient:
+        """A connected client that has not sent anything yet."""
+        client = WSClient(self.port, timeout=timeout)
+        self.clients.append(client)
+        return client
+
+    def session(self, protocols=None, **request_options) -> WSClient:
+        """A client whose handshake succeeded (101, right accept key)."""
+        client = open_session(self.port, protocols=protocols, **request_options)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(THREAD_DEADLINE)
+
+
+@pytest.fixture
+def proxy(request, make_target, wsproxy_log, capsys):
+    """Factory: ``proxy(target=None, **settings_fields)`` starts a ProxyServer.
+
+    The target defaults to the ``echo_target`` fixture; pass ``target=`` (a
+    :class:`TargetServer`) or ``target_port=`` to change it.  Every proxy
+    stops after the test; teardown fails if anything printed a traceback.
+    """
+    running = []  # type: List[RunningProxy]
+
+    def start(target: Optional[TargetServer] = None, **fields) -> RunningProxy:
+        from wsproxy import ProxyServer, Settings
+        fields.setdefault("target_host", "127.0.0.1")
+        if "target_port" not in fields:
+            if target is None:
+                target = request.getfixturevalue("echo_target")
+            fields["target_port"] = target.port
+        settings = Settings(**fields)
+        server = ProxyServer(("127.0.0.1", 0), settings)
+        proxy_run = RunningProxy(server, settings)
+        running.append(proxy_run)
+        return proxy_run
+
+    yield start
+    for proxy_run in running:
+        proxy_run.stop()
+    captured = capsys.readouterr()
+    sys.stdout.write(captured.out)
+    sys.stderr.write(captured.err)
+    assert "Traceback" not in captured.err, "a traceback was printed:\n" + captured.err

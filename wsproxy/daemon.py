@@ -1,0 +1,96 @@
+"""Running in the background: double fork, ``setsid``, pid file.
+
+The server socket is bound *before* :func:`detach` so a bind error reaches
+the launching terminal; the launching process exits 0 only once the daemon
+reports it is ready (the socket already listens by then).
+"""
+
+import os
+import sys
+from typing import Optional
+
+
+class DaemonError(RuntimeError):
+    """The daemon could not start; the message says why."""
+
+
+def detach(log_path: Optional[str] = None) -> int:
+    """Become a daemon: fork twice, start a new session, ``chdir /``.
+
+    Standard input goes to ``/dev/null``, standard output and error to
+    ``log_path`` (appended) or ``/dev/null``.  The launching process does
+    not return: it waits until the daemon calls :func:`report_ready` and
+    exits 0, or exits 1 with the daemon's message if it fails first.
+    Returns, in the daemon, the write end of the readiness pipe.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        _wait_for_daemon(read_end)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o022)
+    _redirect_standard_streams(log_path)
+    return write_end
+
+
+def _wait_for_daemon(read_end: int) -> None:
+    """In the launcher: exit 0 on "ready", 1 with the daemon's message otherwise."""
+    chunks = []
+    while True:
+        data = os.read(read_end, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    message = b"".join(chunks).decode("utf-8", "replace")
+    if message == "ready":
+        os._exit(0)
+    sys.stderr.write("wsproxy: %s\n" % (message or "the daemon exited before it was ready"))
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def report_ready(pipe: int, message: str = "ready") -> None:
+    """In the daemon: tell the launcher we are serving (or why we are not)."""
+    try:
+        os.write(pipe, message.encode("utf-8"))
+    finally:
+        os.close(pipe)
+
+
+def _redirect_standard_streams(log_path: Optional[str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_RDWR)
+    out = null
+    if log_path:
+        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    if out != null:
+        os.close(out)
+    os.close(null)
+
+
+def write_pid_file(path: str) -> None:
+    """Write our pid to ``path`` (replacing a stale file)."""
+    try:
+        with open(path, "w") as handle:
+            handle.write("%d\n" % os.getpid())
+    except OSError as exc:
+        raise DaemonError("pid-file: cannot write %s: %s" % (path, exc.strerror)) from None
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove ``path`` if it still names this process."""
+    try:
+        with open(path) as handle:
+            if handle.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,376 @@
+"""The request handler: handshake, hooks, target connection, then the relay.
+
+:class:`ProxyRequestHandler` is a ``socketserver.StreamRequestHandler``.  It
+works best under :class:`wsproxy.ProxyServer` (TLS sniffing, the Flash policy
+answer, the session registry and ``--max-connections``), but also mounted in
+a plain ``socketserver.ThreadingTCPServer`` or
+``http.server.ThreadingHTTPServer``: then it relays plain ``ws://`` only and
+takes its settings from the class attribute ``settings``.
+
+Embedders override the hook methods (``check_request``, ``select_target``,
+``session_started``, ``session_ended``, ``client_data``, ``target_data``);
+wsproxy's own features (origin, auth, tokens, recording) sit on the same
+hooks.
+"""
+
+import logging
+import socket
+import ssl
+import time
+from typing import Callable, Optional, Tuple, Union
+
+from .protocol import handshake, hixie
+from .protocol.connection import Connection
+from .protocol.errors import HandshakeError
+from .protocol.handshake import Request
+from .relay import Relay
+from .session import SessionInfo, format_address
+from .settings import Settings
+from .streams import SocketStream, StreamIO, TLSStream
+from .targets import Target
+
+import socketserver
+
+logger = logging.getLogger("wsproxy")
+
+TargetChoice = Union[Target, socket.socket]
+_READ_CHUNK = 4096
+
+
+class ProxyRequestHandler(socketserver.StreamRequestHandler):
+    """Handles one client connection from first byte to last.
+
+    Attributes set during a request: ``settings``, ``stream`` (the client
+    byte stream, TLS or plain), ``http_request`` (the parsed
+    :class:`~wsproxy.protocol.handshake.Request`) and ``session``
+    (:class:`SessionInfo`, once the upgrade is accepted).
+    """
+
+    #: Settings used when the server is not a :class:`ProxyServer`.
+    settings: Optional[Settings] = None
+
+    # -- socketserver's template methods ---------------------------------------------
+
+    def setup(self) -> None:
+        server_settings = getattr(self.server, "settings", None)
+        self.settings = server_settings or type(self).settings or Settings()
+        self.initial_data = b""
+        self.http_request: Optional[Request] = None
+        self.session: Optional[SessionInfo] = None
+        self.relay: Optional[Relay] = None
+        self.target_stream: Optional[SocketStream] = None
+        prepare = getattr(self.server, "prepare_connection", None)
+        if prepare is not None:
+            prepared = prepare(self.request, self.client_address)
+        else:
+            prepared = (SocketStream(self.request), b"")
+        self.stream = prepared[0] if prepared else None
+        if prepared:
+            self.initial_data = prepared[1]
+        self.connection = self.request
+        self.rfile = self.wfile = None
+        if self.stream is not None:
+            raw = StreamIO(self.stream)
+            self.rfile = raw
+            self.wfile = raw
+        number = getattr(self.server, "next_session_number", None)
+        self.number = number() if number else id(self)
+        self.log_prefix = "session %d %s: " % (self.number, format_address(self.client_address))
+
+    def handle(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            request, rest = self._read_head()
+            self.http_request = request
+            self._dispatch(request, rest)
+        except HandshakeError as exc:
+            logger.info("%srefused: %s", self.log_prefix, _escape(str(exc)))
+            self._send_raw(handshake.error_response(exc))
+        except socket.timeout:
+            logger.info("%shandshake timed out", self.log_prefix)
+        except (ConnectionError, ssl.SSLError) as exc:
+            logger.info("%sconnection ended during the handshake: %s", self.log_prefix, exc)
+        except OSError as exc:
+            logger.info("%sconnection failed: %s", self.log_prefix, exc)
+        finally:
+            if self.target_stream is not None:
+                self.target_stream.close()
+
+    def finish(self) -> None:
+        # rfile/wfile are unbuffered views of the stream: nothing to flush.
+        pass
+
+    # -- hooks an embedder overrides ----------------------------------------------------
+
+    def check_request(self, request: Request) -> Optional[int]:
+        """Accept or refuse an upgrade request, before any target is contacted.
+
+        Runs once per WebSocket handshake, after the request is known to be
+        a valid upgrade.  Return ``None`` to accept, or an HTTP status (e.g.
+        403) to refuse; raise :class:`HandshakeError` to refuse with a reason
+        and headers of your own.  The default enforces ``--origin``.
+        """
+        allowed = self.settings.origin
+        if allowed:
+            origin = request.headers.get("origin") or request.headers.get("sec-websocket-origin")
+            if origin not in allowed:
+                raise HandshakeError(403, "origin not allowed")
+        return None
+
+    def select_target(self, request: Request) -> TargetChoice:
+        """Choose where this session's bytes go.
+
+        Runs after :meth:`check_request` accepted the request.  Return a
+        :class:`Target` (host/port or Unix path; ``tls=True`` for TLS) or an
+        already connected ``socket.socket`` (wsproxy closes it at the end).
+        Raise :class:`HandshakeError` (e.g. 404) to refuse.  The default is
+        the configured target.
+        """
+        settings = self.settings
+        if settings.unix_target:
+            return Target(unix=settings.unix_target, tls=settings.ssl_target)
+        if settings.target_host is not None and settings.target_port:
+            return Target(host=settings.target_host, port=settings.target_port,
+                          tls=settings.ssl_target)
+        raise HandshakeError(500, "no target configured")
+
+    def session_started(self, session: SessionInfo) -> None:
+        """Called once the 101 answer is sent, before any payload moves."""
+
+    def session_ended(self, session: SessionInfo) -> None:
+        """Called once both directions have ended; byte counts and close code are final."""
+
+    def client_data(self, data: memoryview):
+        """Observe or transform payload from the client before it reaches the target.
+
+        Return the bytes to forward, or ``None`` to forward ``data`` as is.
+        Not called at all unless overridden, so unused it costs nothing.
+        ``data`` is only valid during the call: copy what you keep.
+        """
+        return None
+
+    def target_data(self, data: memoryview):
+        """Observe or transform bytes from the target before they are framed.
+
+        Same contract as :meth:`client_data`.
+        """
+        return None
+
+    # -- the handshake ----------------------------------------------------------------
+
+    def _read_head(self) -> Tuple[Request, bytes]:
+        """Read until the blank line ending the request head, within the deadline."""
+        settings = self.settings
+        deadline = time.monotonic() + settings.handshake_timeout
+        buffer = bytearray(self.initial_data)
+        chunk = bytearray(_READ_CHUNK)
+        while True:
+            end = handshake.find_head_end(buffer, settings.max_header_size)
+            if end >= 0:
+                return handshake.parse_request(bytes(buffer[:end])), bytes(buffer[end:])
+            count = self._recv_before(deadline, chunk)
+            if not count:
+                raise ConnectionError("client closed the connection before the request ended")
+            buffer += chunk[:count]
+
+    def _recv_before(self, deadline: float, chunk: bytearray) -> int:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("handshake timed out")
+        self.stream.settimeout(left)
+        return self.stream.recv_into(chunk)
+
+    def _dispatch(self, request: Request, rest: bytes) -> None:
+        if not handshake.is_upgrade(request):
+            self.handle_http(request)
+            return
+        if hixie.is_hixie(request.headers):
+            answer, rest, protocol = self._hixie_answer(request, rest)
+            subprotocol = "base64"
+            connection = hixie.HixieConnection(self.settings.max_message_size)
+        else:
+            key = handshake.check_rfc6455(request)
+            subprotocol = handshake.choose_subprotocol(
+                request.header_tokens("sec-websocket-protocol"))
+            answer = handshake.accept_response(key, subprotocol)
+            protocol = "rfc6455"
+            connection = Connection(subprotocol, self.settings.max_message_size)
+        refusal = self.check_request(request)
+        if refusal is not None:
+            raise HandshakeError(int(refusal), "refused")
+        limit = getattr(self.server, "check_capacity", None)
+        if limit is not None:
+            limit()
+        choice = self.select_target(request)
+        self.target_stream, target = self._connect(choice)
+        self._send_raw(answer)
+        self.stream.settimeout(None)
+        self._run_session(request, target, protocol, subprotocol, connection, rest)
+
+    def _hixie_answer(self, request: Request, rest: bytes):
+        """Validate a hixie-75/76 request; read key3 for 76; return the 101 answer."""
+        if request.method != "GET":
+            raise HandshakeError(405, "only GET can open a WebSocket", {"Allow": "GET"})
+        key3 = None
+        protocol = "hixie-75"
+        if hixie.is_hixie76(request.headers):
+            protocol = "hixie-76"
+            deadline = time.monotonic() + self.settings.handshake_timeout
+            buffer = bytearray(rest)
+            chunk = bytearray(8)
+            while len(buffer) < 8:
+                count = self._recv_before(deadline, memoryview(chunk)[:8 - len(buffer)])
+                if not count:
+                    raise ConnectionError("client closed the connection before key3")
+                buffer += chunk[:count]
+            key3, rest = bytes(buffer[:8]), bytes(buffer[8:])
+        offered = request.headers.get("sec-websocket-protocol") or request.headers.get("websocket-protocol")
+        answer = hixie.hixie_response(request.target, request.headers, key3, self.stream.secure,
+                                      offered.strip() if offered else None)
+        return answer, rest, protocol
+
+    def handle_http(self, request: Request) -> None:
+        """Answer a plain HTTP request (not an upgrade).
+
+        Without a web root this is 405 with a short text naming the proxy.
+        """
+        raise HandshakeError(405, "this is a WebSocket proxy (wsproxy); plain HTTP is not served here",
+                             {"Allow": "GET"})
+
+    # -- the target ---------------------------------------------------------------------
+
+    def _connect(self, choice: TargetChoice) -> Tuple[SocketStream, object]:
+        """Connect to the chosen target; a failure refuses the handshake with 502."""
+        if isinstance(choice, socket.socket):
+            _nodelay(choice)
+            return SocketStream(choice), "socket %s" % format_address(_peer(choice))
+        target = choice
+        timeout = self.settings.handshake_timeout
+        try:
+            if target.unix is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(timeout)
+                    sock.connect(target.unix)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((target.host, target.port), timeout=timeout)
+                _nodelay(sock)
+        except OSError as exc:
+            logger.warning("%scannot reach target %s: %s", self.log_prefix, target,
+                           exc.strerror or exc)
+            raise HandshakeError(502, "target unreachable") from None
+        stream = SocketStream(sock)
+        if target.tls:
+            stream = self._wrap_target_tls(sock, target)
+        sock.settimeout(None)
+        return stream, target
+
+    def _wrap_target_tls(self, sock: socket.socket, target: Target) -> SocketStream:
+        make_context = getattr(self.server, "target_ssl_context", None)
+        context = make_context() if make_context else ssl.create_default_context()
+        stream = TLSStream(sock, context, server_side=False,
+                           server_hostname=target.host if context.check_hostname else None)
+        try:
+            stream.do_handshake(self.settings.handshake_timeout)
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            logger.warning("%sTLS to target %s failed: %s", self.log_prefix, target, exc)
+            raise HandshakeError(502, "target TLS failed") from None
+        return stream
+
+    # -- the session ----------------------------------------------------------------
+
+    def _run_session(self, request: Request, target, protocol: str,
+                     subprotocol: Optional[str], connection, rest: bytes) -> None:
+        session = SessionInfo(number=self.number, client_address=self.client_address,
+                              target=target, protocol=protocol, subprotocol=subprotocol,
+                              path=request.target)
+        self.session = session
+        relay = Relay(self.stream, self.target_stream, connection,
+                      on_client_data=self._hook_chain("client_data", "record_from_client"),
+                      on_target_data=self._hook_chain("target_data", "record_to_client"),
+                      log_prefix=self.log_prefix)
+        self.relay = relay
+        register = getattr(self.server, "register_session", None)
+        if register is not None:
+            register(self)
+        logger.info("%sopen to %s (%s%s)", self.log_prefix, target, protocol,
+                    ", " + subprotocol if subprotocol else "")
+        started = time.monotonic()
+        try:
+            self.session_started(session)
+            relay.run(rest)
+        finally:
+            unregister = getattr(self.server, "unregister_session", None)
+            if unregister is not None:
+                unregister(self)
+            recorder = getattr(self, "recorder", None)
+            if recorder is not None:
+                recorder.close()
+            session.bytes_from_client = relay.bytes_from_client
+            session.bytes_to_client = relay.bytes_to_client
+            session.close_code = relay.close_code
+            session.close_reason = relay.close_reason
+            session.duration = time.monotonic() - started
+            logger.info("%sclosed: target %s, %d bytes from client, %d bytes to client, "
+                        "%.3f s, close %s (%s)", self.log_prefix, target,
+                        session.bytes_from_client, session.bytes_to_client, session.duration,
+                        session.close_code, _escape(session.close_reason))
+            self.session_ended(session)
+
+    def _hook_chain(self, hook_name: str, recorder_method: str) -> Optional[Callable]:
+        """The relay's data hook: the recorder and/or an overridden data hook, or None."""
+        hook = getattr(self, hook_name)
+        overridden = getattr(type(self), hook_name) is not getattr(ProxyRequestHandler, hook_name)
+        recorder = getattr(self, "recorder", None)
+        record = getattr(recorder, recorder_method, None) if recorder is not None else None
+        if not overridden and record is None:
+            return None
+
+        def observe(data: memoryview):
+            if overridden:
+                replaced = hook(data)
+                if replaced is not None:
+                    data = replaced
+            if record is not None:
+                record(data)
+            return data
+        return observe
+
+    def close_session(self, code: int = 1001, reason: str = "") -> None:
+        """Close this session from another thread (server shutdown, timeouts)."""
+        if self.relay is not None:
+            self.relay.close(code, reason)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _send_raw(self, data: bytes) -> None:
+        try:
+            self.stream.settimeout(self.settings.handshake_timeout)
+            self.stream.sendall([data])
+        except OSError:
+            pass
+
+
+def _nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _peer(sock: socket.socket):
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
+def _escape(text: str) -> str:
+    """Make client-controlled text safe for one log line."""
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")

@@ -1,0 +1,304 @@
+"""The server side of one RFC 6455 connection, without I/O.
+
+Feed client bytes to :meth:`Connection.receive_data`, get back the payload
+for the target; pop control replies (pongs, the close) with
+:meth:`Connection.data_to_send`; frame target bytes for the client with
+:meth:`Connection.send_data`.  :class:`wsproxy.protocol.hixie.HixieConnection`
+has the same interface, so the relay drives both alike.
+
+Binary payload is streamed: each piece of a frame is unmasked and handed on
+as it arrives, so a 1 GiB message needs no more memory than one receive.
+Text messages (binary mode) are held until complete and valid UTF-8, bounded
+by ``max_message_size``.  In base64 mode text is decoded as it arrives.
+"""
+
+import codecs
+import collections
+import struct
+import threading
+from typing import List, Optional, Tuple
+
+from . import b64
+from .errors import ProtocolError
+from .frames import (CloseCode, Opcode, KNOWN_OPCODES, MAX_CONTROL_PAYLOAD, apply_mask,
+                     encode_close_payload, encode_frame, encode_header, parse_close_payload)
+
+_UINT16 = struct.Struct("!H")
+_UINT64 = struct.Struct("!Q")
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION
+_CLOSE, _PING, _PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+#: Longest frame header: 2 bytes, 8-byte length, 4-byte mask.
+MAX_HEADER = 14
+
+
+class Connection:
+    """One RFC 6455 server connection's protocol state.
+
+    One thread may feed input while another frames output; the close is
+    sent at most once whichever side asks first.
+
+    ``subprotocol`` is the one agreed in the handshake: ``"base64"`` decodes
+    text frames from base64 and sends base64 text frames; anything else
+    (``"binary"`` or ``None``) relays bytes in binary frames.
+
+    Attributes the relay reads: ``close_sent``, ``close_received``
+    (``(code, reason)`` once the client's close arrived) and ``failure`` (the
+    :class:`ProtocolError` that ended input, if any).
+    """
+
+    def __init__(self, subprotocol: Optional[str] = None,
+                 max_message_size: int = 1024 * 1024) -> None:
+        self.subprotocol = subprotocol
+        self.max_message_size = max_message_size
+        self.close_sent = False
+        self.close_received: Optional[Tuple[int, str]] = None
+        self.failure: Optional[ProtocolError] = None
+        self._base64 = subprotocol == "base64"
+        self._b64 = b64.Base64Decoder() if self._base64 else None
+        # Appended by the reading side, popped by whichever side writes to the
+        # client: a deque's append/popleft are atomic, a list swap is not.
+        self._replies: "collections.deque[bytes]" = collections.deque()
+        self._close_lock = threading.Lock()
+        self._input_done = False
+        self._partial_header = b""
+        # The frame whose payload is arriving.
+        self._remaining = 0
+        self._offset = 0
+        self._mask = b""
+        self._opcode = 0
+        self._fin = True
+        self._control = bytearray()
+        # The data message in progress (fragmented or not yet complete).
+        self._message: Optional[int] = None
+        self._text_parts: List[bytes] = []
+        self._text_size = 0
+        self._utf8 = None
+
+    # -- input ----------------------------------------------------------------
+
+    def receive_data(self, data) -> List[bytes]:
+        """Parse client bytes (split anywhere); return payload for the target.
+
+        Never raises for bad input: a protocol violation sets ``failure``,
+        queues a close frame with its code and ignores all later input.
+        Payload decoded before the violation is still returned.
+        """
+        out: List[bytes] = []
+        if self._input_done or not data:
+            return out
+        view = memoryview(data)
+        try:
+            if self._partial_header:
+                view = self._complete_header(view)
+                if view is None:
+                    return out
+            self._parse(view, out)
+        except ProtocolError as exc:
+            self._fail(exc)
+        return out
+
+    def _complete_header(self, view: memoryview) -> Optional[memoryview]:
+        """Join a header split across receives without copying the whole receive."""
+        held = self._partial_header
+        joined = held + bytes(view[:MAX_HEADER])
+        used = self._parse_header(joined, 0, len(joined))
+        if used == 0:
+            self._partial_header = joined
+            return None
+        self._partial_header = b""
+        return view[used - len(held):]
+
+    def _parse(self, view: memoryview, out: List[bytes]) -> None:
+        pos, end = 0, len(view)
+        while not self._input_done:
+            remaining = self._remaining
+            if remaining:
+                take = end - pos
+                if take <= 0:
+                    return
+                if take > remaining:
+                    take = remaining
+                mask = self._mask
+                if self._offset & 3:
+                    shift = self._offset & 3
+                    mask = mask[shift:] + mask[:shift]
+                payload = apply_mask(view[pos:pos + take], mask)
+                pos += take
+                self._offset += take
+                self._remaining = remaining - take
+                self._on_payload(payload, self._remaining == 0, out)
+                continue
+            if pos >= end:
+                return
+            used = self._parse_header(view, pos, end)
+            if used == 0:
+                self._partial_header = bytes(view[pos:end])
+                return
+            pos += used
+            if self._remaining == 0:
+                self._on_payload(b"", True, out)
+
+    def _parse_header(self, buf, pos: int, end: int) -> int:
+        """Parse one frame header at ``buf[pos:]``; return its size, 0 if incomplete.
+
+        Enforces the per-frame rules of RFC 6455 §5.2-§5.5.
+        """
+        if end - pos < 2:
+            return 0
+        first, second = buf[pos], buf[pos + 1]
+        length = second & 0x7F
+        size = 6
+        if length == 126:
+            size = 8
+            if end - pos < size:
+                return 0
+            length = _UINT16.unpack_from(buf, pos + 2)[0]
+        elif length == 127:
+            size = 14
+            if end - pos < size:
+                return 0
+            length = _UINT64.unpack_from(buf, pos + 2)[0]
+            if length >> 63:
+                # §5.2: "the most significant bit MUST be 0".
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
+        elif end - pos < size:
+            return 0
+        if first & 0x70:
+            # §5.2: RSV bits "MUST be 0 unless an extension is negotiated".
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+        if not second & 0x80:
+            # §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked client frame")
+        opcode = first & 0x0F
+        fin = bool(first & 0x80)
+        if opcode >= 8:
+            if opcode not in KNOWN_OPCODES:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
+            # §5.5: control frames MUST NOT be fragmented and carry at most 125 bytes.
+            if not fin:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
+            self._control = bytearray()
+        else:
+            self._start_data_frame(opcode, fin, length)
+        self._opcode = opcode
+        self._fin = fin
+        self._remaining = length
+        self._offset = 0
+        self._mask = bytes(buf[pos + size - 4:pos + size])
+        return size
+
+    def _start_data_frame(self, opcode: int, fin: bool, length: int) -> None:
+        """Apply §5.4's fragmentation rules to a data frame header."""
+        if opcode == _CONT:
+            if self._message is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message")
+        elif opcode == _TEXT or opcode == _BINARY:
+            if self._message is not None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+            self._message = opcode
+            if opcode == _TEXT and not self._base64:
+                self._utf8 = _Utf8Decoder()
+                self._text_parts = []
+                self._text_size = 0
+        else:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
+        if self._message == _TEXT and not self._base64:
+            if self._text_size + length > self.max_message_size:
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
+                                    "text message over %d bytes" % self.max_message_size)
+
+    def _on_payload(self, payload: bytes, frame_done: bool, out: List[bytes]) -> None:
+        opcode = self._opcode
+        if opcode >= 8:
+            self._control += payload
+            if frame_done:
+                self._on_control(opcode, bytes(self._control))
+            return
+        message = self._message
+        if message == _BINARY:
+            if payload:
+                out.append(payload)
+        elif self._base64:
+            if payload:
+                decoded = self._b64.feed(payload)
+                if decoded:
+                    out.append(decoded)
+        else:
+            self._on_text(payload, frame_done and self._fin, out)
+        if frame_done and self._fin:
+            self._message = None
+
+    def _on_text(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
+        """Hold a binary-mode text message until it is whole and valid UTF-8."""
+        try:
+            self._utf8.decode(payload, message_done)
+        except UnicodeDecodeError:
+            # §8.1: invalid UTF-8 in a text message fails the connection (1007).
+            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
+        if payload:
+            self._text_parts.append(payload)
+            self._text_size += len(payload)
+        if message_done:
+            out.extend(self._text_parts)
+            self._text_parts = []
+            self._text_size = 0
+            self._utf8 = None
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == _PING:
+            # §5.5.2: answer a ping with a pong carrying the same payload.
+            if not self.close_sent:
+                self._replies.append(encode_frame(_PONG, payload))
+        elif opcode == _CLOSE:
+            code, reason = parse_close_payload(payload)
+            self.close_received = (code, reason)
+            self._input_done = True
+            # §5.5.1: answer with a close, normally echoing the status code.
+            self.send_close(None if code == CloseCode.NO_STATUS else code, "")
+        # §5.5.3: an unsolicited pong is ignored.
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self.failure = exc
+        self._input_done = True
+        self.send_close(exc.code, exc.reason)
+
+    # -- output ---------------------------------------------------------------
+
+    def data_to_send(self) -> List[bytes]:
+        """Pop the control frames queued for the client (pongs, close)."""
+        replies = []
+        queue = self._replies
+        while queue:
+            replies.append(queue.popleft())
+        return replies
+
+    def send_data(self, payload) -> list:
+        """Frames carrying target bytes to the client, as a list of buffers.
+
+        Returns ``[]`` once a close was sent: RFC 6455 §5.5.1 forbids data
+        frames after it.  The payload object itself is one of the buffers
+        (binary mode), so the caller must send before reusing it.
+        """
+        if self.close_sent:
+            return []
+        if self._base64:
+            text = b64.encode(payload)
+            return [encode_header(_TEXT, len(text)), text]
+        return [encode_header(_BINARY, len(payload)), payload]
+
+    def send_close(self, code: Optional[int] = CloseCode.NORMAL, reason: str = "") -> None:
+        """Queue a close frame (once, even when both sides of a relay race to close)."""
+        with self._close_lock:
+            if self.close_sent:
+                return
+            self.close_sent = True
+        self._replies.append(encode_frame(_CLOSE, encode_close_payload(code, reason)))
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a ping (heartbeat); nothing after the close."""
+        if not self.close_sent:
+            self._replies.append(encode_frame(_PING, payload[:MAX_CONTROL_PAYLOAD]))

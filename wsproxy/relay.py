@@ -1,0 +1,238 @@
+"""The two pumps of a session and its close logic.
+
+The handler's own thread pumps client → target (:meth:`Relay.run`); one
+extra thread pumps target → client.  Every write to the client goes through
+``_client_lock`` together with the protocol's check that no close was sent,
+so no data frame ever follows a close frame (RFC 6455 §5.5.1).
+
+Closing without loss:
+- the target closes: everything it sent is framed and sent, then close 1000;
+- the client sends close: everything it sent before reaches the target, then
+  the target's write side is shut down and the socket closed.
+"""
+
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Optional
+
+from .protocol.frames import CloseCode
+from .streams import SocketStream
+
+logger = logging.getLogger("wsproxy")
+
+#: Receive buffers start small (idle sessions cost little) and grow when full.
+_FIRST_BUFFER = 16 * 1024
+_MAX_CLIENT_BUFFER = 256 * 1024
+#: RFC-free choice: each target read of up to 64 KiB becomes one frame.
+_MAX_TARGET_BUFFER = 64 * 1024
+#: How long to wait for the client's answer to our close frame.
+CLOSE_TIMEOUT = 5.0
+
+DataHook = Callable[[memoryview], object]
+
+
+class Relay:
+    """Moves one session's bytes both ways until both directions have ended.
+
+    ``connection`` is the sans-I/O protocol object (RFC 6455 or hixie);
+    ``on_client_data`` / ``on_target_data``, when given, see (and may
+    replace) each chunk of payload on its way; they are not called at all
+    when ``None``, so an unused hook costs nothing.
+
+    After :meth:`run` returns: ``bytes_from_client`` / ``bytes_to_client``
+    count payload bytes, ``close_code`` is the code of the close frame sent
+    or received (1006 when the TCP connection just ended), ``close_reason``
+    says why in words.
+    """
+
+    def __init__(self, client: SocketStream, target: SocketStream, connection,
+                 on_client_data: Optional[DataHook] = None,
+                 on_target_data: Optional[DataHook] = None,
+                 log_prefix: str = "") -> None:
+        self.client = client
+        self.target = target
+        self.connection = connection
+        self.on_client_data = on_client_data
+        self.on_target_data = on_target_data
+        self.log_prefix = log_prefix
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+        self.close_code: int = CloseCode.ABNORMAL
+        self.close_reason = ""
+        self.last_activity = time.monotonic()
+        self._client_lock = threading.Lock()
+        self._upstream_done = threading.Event()
+        self._downstream: Optional[threading.Thread] = None
+
+    # -- the session --------------------------------------------------------------
+
+    def run(self, initial_data: bytes = b"") -> None:
+        """Pump both ways; return when both pumps have finished.
+
+        ``initial_data`` is client bytes already read past the handshake.
+        """
+        self._downstream = threading.Thread(target=self._pump_downstream, daemon=True,
+                                            name="wsproxy-downstream")
+        self._downstream.start()
+        try:
+            self._pump_upstream(initial_data)
+        finally:
+            self._upstream_done.set()
+            self._finish_target()
+            self._downstream.join()
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Close the session from outside (shutdown, timeouts): thread-safe.
+
+        Sends a close frame now (data not yet framed is dropped), then both
+        pumps wind down: the target is shut, the client gets
+        ``CLOSE_TIMEOUT`` seconds to answer the close.
+        """
+        self._note_end(code, reason)
+        self._send_close(code, reason)
+        self.target.abort()
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Ping the client (heartbeat); thread-safe."""
+        with self._client_lock:
+            self.connection.send_ping(payload)
+            self._flush_locked()
+
+    # -- client → target ----------------------------------------------------------
+
+    def _pump_upstream(self, initial_data: bytes = b"") -> None:
+        buffer = bytearray(_FIRST_BUFFER)
+        view = memoryview(buffer)
+        if initial_data and not self._from_client(memoryview(initial_data)):
+            return
+        client = self.client
+        while True:
+            try:
+                count = client.recv_into(buffer)
+            except OSError as exc:
+                self._note_end(CloseCode.ABNORMAL, "client connection error: %s" % _describe(exc))
+                return
+            if not count:
+                self._note_end(CloseCode.ABNORMAL, "client closed the connection without a close frame")
+                return
+            if not self._from_client(view[:count]):
+                return
+            if count == len(buffer) and len(buffer) < _MAX_CLIENT_BUFFER:
+                buffer = bytearray(len(buffer) * 4)
+                view = memoryview(buffer)
+
+    def _from_client(self, data: memoryview) -> bool:
+        """Handle one receive from the client; False once the session must end."""
+        self.last_activity = time.monotonic()
+        connection = self.connection
+        payload = connection.receive_data(data)
+        if payload:
+            chunk = payload[0] if len(payload) == 1 else b"".join(payload)
+            if self.on_client_data is not None:
+                chunk = self.on_client_data(memoryview(chunk))
+            try:
+                self.target.sendall([chunk])
+            except OSError as exc:
+                self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
+                self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
+                return False
+            self.bytes_from_client += len(chunk)
+        self._flush()
+        if connection.failure is not None:
+            failure = connection.failure
+            self._note_end(failure.code, "protocol error from client: %s" % failure.reason)
+            return False
+        if connection.close_received is not None:
+            code, reason = connection.close_received
+            self._note_end(code, "client closed" + (": " + reason if reason else ""))
+            return False
+        return True
+
+    def _finish_target(self) -> None:
+        """After upstream ends: deliver what was written, then end the target."""
+        self.target.shutdown_write()
+        # Wake the downstream pump if it is blocked reading the target.
+        try:
+            self.target.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    # -- target → client ----------------------------------------------------------
+
+    def _pump_downstream(self) -> None:
+        connection = self.connection
+        client, target = self.client, self.target
+        hook = self.on_target_data
+        lock = self._client_lock
+        buffer = bytearray(_FIRST_BUFFER)
+        view = memoryview(buffer)
+        code, reason = CloseCode.NORMAL, "target closed the connection"
+        try:
+            while True:
+                try:
+                    count = target.recv_into(buffer)
+                except OSError as exc:
+                    if self._upstream_done.is_set():
+                        break
+                    code, reason = CloseCode.INTERNAL_ERROR, "target connection error: %s" % _describe(exc)
+                    break
+                if not count:
+                    break
+                self.last_activity = time.monotonic()
+                data = view[:count]
+                if hook is not None:
+                    data = hook(data)
+                with lock:
+                    frames = connection.send_data(data)
+                    if not frames:
+                        break
+                    try:
+                        client.sendall(frames)
+                    except OSError:
+                        break
+                self.bytes_to_client += count
+                if count == len(buffer) and len(buffer) < _MAX_TARGET_BUFFER:
+                    buffer = bytearray(_MAX_TARGET_BUFFER)
+                    view = memoryview(buffer)
+            if not self._upstream_done.is_set():
+                self._send_close(code, reason)
+                self._note_end(code, reason)
+                # Give the client time to answer the close, then stop waiting.
+                if not self._upstream_done.wait(CLOSE_TIMEOUT):
+                    client.abort()
+        except Exception:  # a bug must not leave the session hanging
+            logger.exception("%sdownstream pump failed", self.log_prefix)
+            client.abort()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _send_close(self, code: int, reason: str) -> None:
+        with self._client_lock:
+            self.connection.send_close(code, reason)
+            self._flush_locked()
+
+    def _flush(self) -> None:
+        with self._client_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        replies = self.connection.data_to_send()
+        if replies:
+            try:
+                self.client.sendall(replies)
+            except OSError:
+                pass
+
+    def _note_end(self, code: int, reason: str) -> None:
+        """Remember the first reason the session ended (later ones are effects)."""
+        if not self.close_reason:
+            self.close_code = int(code)
+            self.close_reason = reason
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    return exc.strerror or exc.__class__.__name__ if isinstance(exc, OSError) else str(exc)

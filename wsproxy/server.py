@@ -1,0 +1,236 @@
+"""The listening server: accept, sniff the first bytes, TLS, limits, shutdown.
+
+:class:`ProxyServer` is a ``socketserver.ThreadingTCPServer``; each accepted
+connection gets its own thread, and everything that may wait on the client
+(the first-byte sniff, the TLS handshake, the HTTP handshake) runs there,
+bounded by ``handshake_timeout``, so a silent or slow client never delays
+anyone else's accept.
+"""
+
+import itertools
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from typing import Optional, Set, Tuple
+
+from .handler import ProxyRequestHandler
+from .protocol import sniff
+from .protocol.errors import HandshakeError
+from .session import format_address
+from .settings import ConfigError, Settings
+from .streams import SocketStream, TLSStream
+
+logger = logging.getLogger("wsproxy")
+
+_TLS_VERSIONS = {
+    "tlsv1_1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1_2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1_3": ssl.TLSVersion.TLSv1_3,
+}
+#: How long :meth:`ProxyServer.shutdown` waits for sessions to finish closing.
+SHUTDOWN_GRACE = 5.0
+
+
+class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """A WebSocket-to-TCP proxy server.
+
+    ``server_address`` is ``(host, port)`` (port 0 picks a free one; an IPv6
+    host listens on IPv6, dual-stack for ``"::"`` where the OS allows);
+    ``settings`` is a :class:`Settings`; ``handler_class`` defaults to
+    :class:`ProxyRequestHandler` (pass a subclass to use its hooks).
+
+    Run it with ``serve_forever()`` in any thread; ``shutdown()`` stops
+    accepting and closes every open session with 1001 (going away).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, server_address: Tuple[str, int], settings: Optional[Settings] = None,
+                 handler_class: type = ProxyRequestHandler,
+                 bind_and_activate: bool = True) -> None:
+        self.settings = settings if settings is not None else Settings()
+        host = server_address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.ssl_context = build_server_ssl_context(self.settings)
+        self._sessions: Set[ProxyRequestHandler] = set()
+        self._sessions_lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self.started = time.time()
+        super().__init__(server_address, handler_class, bind_and_activate)
+
+    # -- socketserver hooks -----------------------------------------------------------
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except (OSError, AttributeError):
+                pass
+        super().server_bind()
+
+    def handle_error(self, request, client_address) -> None:
+        """An unexpected exception in a handler: one log line with the traceback."""
+        logger.exception("internal error while serving %s", format_address(client_address))
+
+    def shutdown(self) -> None:
+        """Stop accepting, send close 1001 to every open session, wait for them."""
+        super().shutdown()
+        self.close_sessions(1001, "server shutting down")
+
+    # -- per connection (runs in the connection's own thread) -------------------------
+
+    def next_session_number(self) -> int:
+        """A number unique within this server, for logs and recordings."""
+        return next(self._numbers)
+
+    def prepare_connection(self, sock: socket.socket,
+                           client_address) -> Optional[Tuple[SocketStream, bytes]]:
+        """Sniff the first bytes; answer Flash, wrap TLS, or refuse.
+
+        Returns the client stream and any bytes already consumed, or None
+        when the connection is finished here.
+        """
+        settings = self.settings
+        deadline = time.monotonic() + settings.handshake_timeout
+        peer = format_address(client_address)
+        try:
+            sock.settimeout(settings.handshake_timeout)
+            first = sock.recv(1, socket.MSG_PEEK)
+            if not first:
+                return None
+            kind = sniff.classify(first)
+            if kind is sniff.ConnectionKind.TLS:
+                return self._start_tls(sock, peer, deadline)
+            consumed = b""
+            if first == b"<":
+                consumed, kind = self._read_policy_request(sock, deadline)
+                if kind is sniff.ConnectionKind.FLASH_POLICY:
+                    self._answer_flash(sock, peer)
+                    return None
+            if settings.ssl_only:
+                logger.info("%s: plain connection refused (--ssl-only)", peer)
+                return None
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            return SocketStream(sock), consumed
+        except socket.timeout:
+            logger.info("%s: no request before the handshake timeout", peer)
+        except (OSError, ssl.SSLError) as exc:
+            logger.info("%s: connection failed before the handshake: %s", peer, exc)
+        return None
+
+    def _read_policy_request(self, sock: socket.socket, deadline: float):
+        """Consume bytes while they may still be a Flash policy request."""
+        consumed = b""
+        while True:
+            kind = sniff.classify(consumed) if consumed else None
+            if kind is not None:
+                return consumed, kind
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout()
+            sock.settimeout(left)
+            data = sock.recv(len(sniff.FLASH_POLICY_REQUEST) - len(consumed))
+            if not data:
+                return consumed, sniff.ConnectionKind.HTTP
+            consumed += data
+
+    def _answer_flash(self, sock: socket.socket, peer: str) -> None:
+        settings = self.settings
+        if not settings.flash_policy:
+            logger.info("%s: Flash policy request closed (--no-flash-policy)", peer)
+            return
+        sock.sendall(sniff.flash_policy_response(settings.flash_policy_domain,
+                                                 settings.flash_policy_ports))
+        logger.info("%s: answered a Flash policy request", peer)
+
+    def _start_tls(self, sock: socket.socket, peer: str, deadline: float):
+        if self.ssl_context is None:
+            logger.warning("%s: TLS hello but no certificate configured (--cert); closing", peer)
+            return None
+        stream = TLSStream(sock, self.ssl_context, server_side=True)
+        try:
+            stream.do_handshake(max(0.0, deadline - time.monotonic()))
+        except socket.timeout:
+            logger.info("%s: TLS handshake timed out", peer)
+            return None
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("%s: TLS handshake failed: %s", peer, getattr(exc, "reason", None) or exc)
+            return None
+        return stream, b""
+
+    # -- sessions -------------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Refuse a new session with 503 when ``max_connections`` are open."""
+        limit = self.settings.max_connections
+        if limit and len(self._sessions) >= limit:
+            raise HandshakeError(503, "too many sessions")
+
+    def register_session(self, handler: ProxyRequestHandler) -> None:
+        with self._sessions_lock:
+            self._sessions.add(handler)
+
+    def unregister_session(self, handler: ProxyRequestHandler) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(handler)
+
+    @property
+    def open_sessions(self) -> int:
+        """How many sessions are relaying right now."""
+        return len(self._sessions)
+
+    def close_sessions(self, code: int = 1001, reason: str = "",
+                       grace: float = SHUTDOWN_GRACE) -> None:
+        """Close every open session with ``code`` and wait up to ``grace`` seconds."""
+        with self._sessions_lock:
+            handlers = list(self._sessions)
+        for handler in handlers:
+            handler.close_session(code, reason)
+        deadline = time.monotonic() + grace
+        while self._sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
+    """The server-side TLS context from ``--cert``/``--key``/..., or None without a cert.
+
+    Raises :class:`ConfigError` naming the option for a bad path or value.
+    """
+    if not settings.cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.minimum_version = _TLS_VERSIONS[settings.ssl_version]
+    except KeyError:
+        raise ConfigError("ssl-version: expected one of %s, got %r"
+                          % (", ".join(sorted(_TLS_VERSIONS)), settings.ssl_version)) from None
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    try:
+        context.load_cert_chain(settings.cert, settings.key or None)
+    except FileNotFoundError as exc:
+        raise ConfigError("cert/key: no such file: %s" % exc.filename) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError("cert/key: cannot load the certificate or key: %s" % exc) from None
+    if settings.ssl_ciphers:
+        try:
+            context.set_ciphers(settings.ssl_ciphers)
+        except ssl.SSLError:
+            raise ConfigError("ssl-ciphers: no usable cipher in %r" % settings.ssl_ciphers) from None
+    if settings.verify_client:
+        if not settings.cafile:
+            raise ConfigError("verify-client: needs --cafile")
+        try:
+            context.load_verify_locations(settings.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("cafile: cannot load %s: %s" % (settings.cafile, exc)) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

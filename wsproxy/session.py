@@ -1,0 +1,54 @@
+"""What the hooks and the access log learn about one session."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+
+@dataclass
+class SessionInfo:
+    """One proxied WebSocket session, as passed to the session hooks.
+
+    Fields: ``number`` (unique within the server process), ``client_address``
+    (the peer, or the forwarded client address from a trusted proxy),
+    ``target`` (a :class:`~wsproxy.Target`, or a description of an embedder's
+    socket), ``protocol`` (``"rfc6455"``, ``"hixie-76"`` or ``"hixie-75"``),
+    ``subprotocol`` (``"binary"``, ``"base64"`` or ``None``), ``path`` (the
+    request target), ``started`` (``time.time()`` at the 101).  Filled in when
+    it ends: ``bytes_from_client`` / ``bytes_to_client`` (payload bytes),
+    ``close_code`` (sent or received; 1006 when the connection just
+    dropped), ``close_reason`` and ``duration`` in seconds.
+    """
+
+    number: int
+    client_address: Any
+    target: Any = None
+    protocol: str = "rfc6455"
+    subprotocol: Optional[str] = None
+    path: str = "/"
+    started: float = field(default_factory=time.time)
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    close_code: Optional[int] = None
+    close_reason: str = ""
+    duration: float = 0.0
+
+    @property
+    def client_text(self) -> str:
+        """The client address as ``host:port`` (or a Unix socket's name)."""
+        return format_address(self.client_address)
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` or ``[v6]:port`` for an address tuple; str() otherwise."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return ("[%s]:%s" if ":" in str(host) else "%s:%s") % (host, port)
+    return str(address) if address else "unix"
+
+
+def address_pair(address: Any) -> Tuple[str, Any]:
+    """The host and port of an address tuple, for logs and counters."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), address[1]
+    return str(address), None

@@ -1,0 +1,90 @@
+"""The one settings object: every option wsproxy has, with its default.
+
+The command line, the config file and embedders all build a :class:`Settings`;
+nothing else in wsproxy reads ``sys.argv`` or the environment.  This module
+opens no sockets.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+#: RFC 6455 limits we apply by default (bounded memory per session).
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message names the option and what was expected."""
+
+
+@dataclass
+class Settings:
+    """Every wsproxy option.  Build one and hand it to :class:`ProxyServer`.
+
+    Field names are the long command-line option names with ``-`` replaced
+    by ``_``; ``listen_*`` and ``target_*`` hold the two positional arguments.
+    """
+
+    # -- listening -----------------------------------------------------------
+    listen_host: str = ""
+    listen_port: int = 0
+    unix_listen: Optional[str] = None
+    unix_listen_mode: int = 0o600
+
+    # -- target ----------------------------------------------------------------
+    target_host: Optional[str] = None
+    target_port: Optional[int] = None
+    unix_target: Optional[str] = None
+    ssl_target: bool = False
+    target_cafile: Optional[str] = None
+    target_insecure: bool = False
+    token_source: Optional[str] = None
+    host_token: bool = False
+
+    # -- TLS -------------------------------------------------------------------
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    ssl_only: bool = False
+    ssl_ciphers: Optional[str] = None
+    ssl_version: str = "tlsv1_2"
+    verify_client: bool = False
+    cafile: Optional[str] = None
+
+    # -- seed features -----------------------------------------------------------
+    flash_policy: bool = True
+    flash_policy_domain: str = "*"
+    flash_policy_ports: str = "*"
+    record: Optional[str] = None
+
+    # -- web root and access control -------------------------------------------
+    web: Optional[str] = None
+    web_listing: bool = False
+    origin: List[str] = field(default_factory=list)
+    auth_file: Optional[str] = None
+    trusted_proxy: List[str] = field(default_factory=list)
+    status: Optional[str] = None
+
+    # -- limits and timeouts ---------------------------------------------------
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    session_timeout: float = 0.0
+    heartbeat: float = 0.0
+    max_connections: int = 0
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    timeout: float = 0.0
+    idle_timeout: float = 0.0
+
+    # -- process ---------------------------------------------------------------
+    foreground: bool = False
+    pid_file: Optional[str] = None
+    verbose: bool = False
+    quiet: bool = False
+    log_file: Optional[str] = None
+    syslog: Optional[str] = None
+    workers: int = 1
+
+    def replace(self, **changes) -> "Settings":
+        """Return a copy with ``changes`` applied (the original is untouched)."""
+        return dataclasses.replace(self, **changes)
