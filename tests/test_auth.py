@@ -112,6 +112,7 @@ def test_check_utf8_user_and_password(tmp_path):
     "Basic YWxpY2U6cHc=\u00e9",
     "Basic " + "A" * 10000,
     "Digest username=\"alice\"",
+    b"Basic YWxpY2U6cHc=",
 ])
 def test_malformed_headers_are_refused_without_raising(tmp_path, header):
     table = AuthTable(auth_file(tmp_path, "alice:" + hash_password("pw", FAST)))

@@ -34,6 +34,7 @@ def site(tmp_path):
         "sub/page.html": b"<p>page</p>",
         "nolist/a.txt": b"a",
         "nolist/<b>&\"q'.txt": b"odd",
+        "nolist/javascript:alert(1)": b"js",
         "nolist/.hidden": b"hidden",
         "nolist/inner/x.txt": b"x",
         ".git/config": b"[core]",
@@ -189,6 +190,7 @@ def test_listing_when_asked_is_escaped_and_hides_dotfiles(site):
     assert "&lt;b&gt;&amp;&quot;q&#x27;.txt" in page
     assert "%3Cb%3E%26%22q%27.txt" in page
     assert "<b>" not in page and ".hidden" not in page
+    assert '<a href="javascript%3Aalert%281%29">javascript:alert(1)</a>' in page
     assert "Index of /nolist/" in page
     # A directory with an index.html still serves the index.
     assert get(site, "/sub/", listing=True).body == b"<h1>sub</h1>"

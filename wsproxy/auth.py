@@ -95,7 +95,8 @@ def parse_basic_credentials(authorization_header: Optional[str]) -> Optional[Tup
     The password stays bytes (UTF-8, RFC 7617 §2.1) so no text copy of it is
     made.  Never raises.
     """
-    if not authorization_header or len(authorization_header) > MAX_HEADER_LENGTH:
+    if not isinstance(authorization_header, str) or not authorization_header \
+            or len(authorization_header) > MAX_HEADER_LENGTH:
         return None
     scheme, _, encoded = authorization_header.strip().partition(" ")
     # RFC 7617 §2: the scheme name is case-insensitive.

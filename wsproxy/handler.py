@@ -23,6 +23,7 @@ from .protocol import handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
 from .protocol.handshake import Request
+from .record import Recorder
 from .relay import Relay
 from .session import SessionInfo, format_address
 from .settings import Settings
@@ -59,6 +60,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.session: Optional[SessionInfo] = None
         self.relay: Optional[Relay] = None
         self.target_stream: Optional[SocketStream] = None
+        self.recorder: Optional[Recorder] = None
         prepare = getattr(self.server, "prepare_connection", None)
         if prepare is not None:
             prepared = prepare(self.request, self.client_address)
@@ -290,6 +292,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                               target=target, protocol=protocol, subprotocol=subprotocol,
                               path=request.target)
         self.session = session
+        if self.settings.record:
+            self.recorder = self._open_recorder(self.settings.record)
         relay = Relay(self.stream, self.target_stream, connection,
                       on_client_data=self._hook_chain("client_data", "record_from_client"),
                       on_target_data=self._hook_chain("target_data", "record_to_client"),
@@ -340,6 +344,21 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 record(data)
             return data
         return observe
+
+    def _open_recorder(self, base_path: str):
+        """The session's recorder at ``base_path.N``: never overwrites a file."""
+        number = self.number
+        problem = "no free recording number"
+        for _attempt in range(1000):
+            try:
+                return Recorder.create(base_path, number)
+            except FileExistsError:
+                number += 1
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+                break
+        logger.warning("%scannot record to %s.%d: %s", self.log_prefix, base_path, number, problem)
+        return None
 
     def close_session(self, code: int = 1001, reason: str = "") -> None:
         """Close this session from another thread (server shutdown, timeouts)."""

@@ -9,9 +9,11 @@ anyone else's accept.
 
 import itertools
 import logging
+import os
 import socket
 import socketserver
 import ssl
+import stat
 import threading
 import time
 from typing import Optional, Set, Tuple
@@ -54,8 +56,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                  handler_class: type = ProxyRequestHandler,
                  bind_and_activate: bool = True) -> None:
         self.settings = settings if settings is not None else Settings()
-        host = server_address[0]
-        if ":" in host:
+        if isinstance(server_address, tuple) and ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         self.ssl_context = build_server_ssl_context(self.settings)
         self._sessions: Set[ProxyRequestHandler] = set()
@@ -82,6 +83,13 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """Stop accepting, send close 1001 to every open session, wait for them."""
         super().shutdown()
         self.close_sessions(1001, "server shutting down")
+
+    def reload(self) -> None:
+        """Re-read what may change while running (SIGHUP): tokens, auth file."""
+        for name in ("token_table", "auth_table"):
+            table = getattr(self, name, None)
+            if table is not None and hasattr(table, "reload"):
+                table.reload()
 
     # -- per connection (runs in the connection's own thread) -------------------------
 
@@ -234,3 +242,32 @@ def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
             raise ConfigError("cafile: cannot load %s: %s" % (settings.cafile, exc)) from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class UnixProxyServer(ProxyServer):
+    """A :class:`ProxyServer` listening on a Unix socket (``--unix-listen``).
+
+    ``server_address`` is the socket's path; it is created with
+    ``settings.unix_listen_mode`` and removed by :meth:`server_close`.
+    """
+
+    address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+        old_mask = os.umask(0o777 & ~self.settings.unix_listen_mode)
+        try:
+            self.socket.bind(path)
+        finally:
+            os.umask(old_mask)
+        os.chmod(path, self.settings.unix_listen_mode)
+        self.server_address = self.socket.getsockname()
+
+    def server_close(self) -> None:
+        super().server_close()
+        try:
+            os.unlink(self.server_address)
+        except (OSError, TypeError):
+            pass

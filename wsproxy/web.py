@@ -290,7 +290,7 @@ def _listing(directory: str, segments: Sequence[str], head: bool) -> WebResponse
                     is_dir = entry.is_dir()
                 except OSError:
                     is_dir = False
-                names.append(entry.name + "/" if is_dir else entry.name)
+                names.append((entry.name, is_dir))
     except PermissionError:
         return _error(HTTPStatus.FORBIDDEN, head)
     except OSError:
@@ -301,9 +301,12 @@ def _listing(directory: str, segments: Sequence[str], head: bool) -> WebResponse
              '<body><h1>Index of %s</h1><ul>' % title]
     if segments:
         lines.append('<li><a href="../">../</a></li>')
-    for name in sorted(names):
-        href = urllib.parse.quote(os.fsencode(name), safe="!$&'()*+,;=:@~/")
-        text = os.fsencode(name).decode("utf-8", "replace")
+    for name, is_dir in sorted(names):
+        # Quote everything, ":" included, so a name such as "javascript:x"
+        # can only ever be a relative link.
+        suffix = "/" if is_dir else ""
+        href = urllib.parse.quote(os.fsencode(name), safe="") + suffix
+        text = os.fsencode(name).decode("utf-8", "replace") + suffix
         lines.append('<li><a href="%s">%s</a></li>'
                      % (html.escape(href, quote=True), html.escape(text)))
     lines.append('</ul></body></html>\n')
