@@ -582,12 +582,13 @@ class WSClient:
             return message
 
     def recv_stream(self, count: int, decode_base64: bool = False,
-                    timeout: Optional[float] = None) -> bytes:
+                    timeout: Optional[float] = None, opcode: Optional[int] = None) -> bytes:
         """Collect data messages until ``count`` bytes of payload arrived.
 
         With ``decode_base64`` each message must be a text message holding
         base64 on its own (one target read per frame), which is decoded.
-        Raises if more than ``count`` bytes arrive or a close comes first.
+        With ``opcode`` every message must have that opcode.  Raises if more
+        than ``count`` bytes arrive or a close comes first.
         """
         deadline = self._deadline(timeout)
         chunks = []  # type: List[bytes]
@@ -598,6 +599,9 @@ class WSClient:
             except ClientError as exc:
                 raise type(exc)("%s (after %d of %d bytes)" % (exc, received, count)) from None
             payload = message.payload
+            if opcode is not None and message.opcode != opcode:
+                raise ClientError("expected messages with opcode %d, got opcode %d"
+                                  % (opcode, message.opcode))
             if decode_base64:
                 if message.opcode != OP_TEXT:
                     raise ClientError("base64 mode: expected a text message, got opcode %d"

@@ -19,6 +19,7 @@ import ssl
 import time
 from typing import Callable, Optional, Tuple, Union
 
+from . import auth, tokens, web
 from .protocol import handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
@@ -61,6 +62,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.relay: Optional[Relay] = None
         self.target_stream: Optional[SocketStream] = None
         self.recorder: Optional[Recorder] = None
+        self.remote_address = self.client_address
+        self.user: Optional[str] = None
         prepare = getattr(self.server, "prepare_connection", None)
         if prepare is not None:
             prepared = prepare(self.request, self.client_address)
@@ -85,6 +88,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         try:
             request, rest = self._read_head()
             self.http_request = request
+            self._apply_forwarded(request)
             self._dispatch(request, rest)
         except HandshakeError as exc:
             logger.info("%srefused: %s", self.log_prefix, _escape(str(exc)))
@@ -111,13 +115,21 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         Runs once per WebSocket handshake, after the request is known to be
         a valid upgrade.  Return ``None`` to accept, or an HTTP status (e.g.
         403) to refuse; raise :class:`HandshakeError` to refuse with a reason
-        and headers of your own.  The default enforces ``--origin``.
+        and headers of your own.  The default enforces ``--origin`` (403)
+        and ``--auth-file`` (401).
         """
         allowed = self.settings.origin
         if allowed:
             origin = request.headers.get("origin") or request.headers.get("sec-websocket-origin")
             if origin not in allowed:
                 raise HandshakeError(403, "origin not allowed")
+        auth_table = getattr(self.server, "auth_table", None)
+        if auth_table is not None:
+            user = auth_table.check(request.headers.get("authorization"))
+            if user is None:
+                raise HandshakeError(401, "authentication required",
+                                     {"WWW-Authenticate": auth.WWW_AUTHENTICATE})
+            self.user = user
         return None
 
     def select_target(self, request: Request) -> TargetChoice:
@@ -127,9 +139,18 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         :class:`Target` (host/port or Unix path; ``tls=True`` for TLS) or an
         already connected ``socket.socket`` (wsproxy closes it at the end).
         Raise :class:`HandshakeError` (e.g. 404) to refuse.  The default is
-        the configured target.
+        the token's target with ``--token-source``, else the configured one.
         """
         settings = self.settings
+        token_table = getattr(self.server, "token_table", None)
+        if token_table is not None:
+            token = tokens.token_from_request(request.target, request.headers, settings.host_token)
+            target = token_table.lookup(token) if token else None
+            if target is None:
+                raise HandshakeError(404, "unknown or missing token")
+            if settings.ssl_target and not target.tls and target.unix is None:
+                target = Target(host=target.host, port=target.port, tls=True)
+            return target
         if settings.unix_target:
             return Target(unix=settings.unix_target, tls=settings.ssl_target)
         if settings.target_host is not None and settings.target_port:
@@ -175,6 +196,38 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             if not count:
                 raise ConnectionError("client closed the connection before the request ended")
             buffer += chunk[:count]
+
+    def _apply_forwarded(self, request: Request) -> None:
+        """Behind a ``--trusted-proxy``, take the client address it forwarded.
+
+        Only when the peer itself is trusted; the rightmost address that is
+        not a trusted proxy is the client (``X-Forwarded-For`` or RFC 7239
+        ``Forwarded: for=``).  Elsewhere those headers are ignored.
+        """
+        trusted = self.settings.trusted_proxy
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else None
+        if not trusted or peer not in trusted:
+            return
+        chain = []
+        for part in request.headers.get("forwarded", "").split(","):
+            for pair in part.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name.lower() == "for" and value:
+                    value = value.strip('"')
+                    if value.startswith("["):
+                        value = value[1:].partition("]")[0]
+                    elif value.count(":") == 1:
+                        value = value.partition(":")[0]
+                    chain.append(value)
+        if not chain:
+            chain = [item.strip() for item in request.headers.get("x-forwarded-for", "").split(",")
+                     if item.strip()]
+        for address in reversed(chain):
+            if address not in trusted:
+                self.remote_address = (address, 0)
+                self.log_prefix = "session %d %s (via %s): " % (
+                    self.number, _escape(address), format_address(self.client_address))
+                return
 
     def _recv_before(self, deadline: float, chunk: bytearray) -> int:
         left = deadline - time.monotonic()
@@ -235,10 +288,47 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def handle_http(self, request: Request) -> None:
         """Answer a plain HTTP request (not an upgrade).
 
-        Without a web root this is 405 with a short text naming the proxy.
+        ``--status PATH`` answers JSON counters there; ``--web DIR`` serves
+        static files; otherwise 405 with a short text naming the proxy.
         """
+        settings = self.settings
+        status_page = getattr(self.server, "status_document", None)
+        if settings.status and request.path == settings.status and status_page is not None:
+            if request.method not in ("GET", "HEAD"):
+                raise HandshakeError(405, "status is read-only", {"Allow": "GET, HEAD"})
+            body = status_page()
+            logger.info("%sstatus page", self.log_prefix)
+            self._send_raw(handshake.http_response(
+                200, b"" if request.method == "HEAD" else body,
+                {"Cache-Control": "no-store", "Content-Length": str(len(body))},
+                content_type="application/json"))
+            return
+        if settings.web:
+            self._serve_file(request)
+            return
         raise HandshakeError(405, "this is a WebSocket proxy (wsproxy); plain HTTP is not served here",
                              {"Allow": "GET"})
+
+    def _serve_file(self, request: Request) -> None:
+        answer = web.respond(self.settings.web, request.method, request.target,
+                             request.headers, self.settings.web_listing)
+        try:
+            head = ["HTTP/1.1 %d %s" % (answer.status, handshake.reason_phrase(answer.status))]
+            head += ["%s: %s" % pair for pair in answer.headers]
+            head += ["Server: wsproxy", "Connection: close"]
+            self._send_raw(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
+            if answer.file is not None:
+                left = answer.length
+                while left > 0:
+                    chunk = answer.file.read(min(left, 65536))
+                    if not chunk:
+                        break
+                    self.stream.sendall([chunk])
+                    left -= len(chunk)
+        finally:
+            answer.close()
+        logger.info("%s%s %s -> %d", self.log_prefix, request.method, _escape(request.target),
+                    answer.status)
 
     # -- the target ---------------------------------------------------------------------
 
@@ -288,7 +378,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
 
     def _run_session(self, request: Request, target, protocol: str,
                      subprotocol: Optional[str], connection, rest: bytes) -> None:
-        session = SessionInfo(number=self.number, client_address=self.client_address,
+        session = SessionInfo(number=self.number, client_address=self.remote_address,
                               target=target, protocol=protocol, subprotocol=subprotocol,
                               path=request.target)
         self.session = session

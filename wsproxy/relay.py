@@ -61,7 +61,9 @@ class Relay:
         self.bytes_to_client = 0
         self.close_code: int = CloseCode.ABNORMAL
         self.close_reason = ""
-        self.last_activity = time.monotonic()
+        self.last_activity = self.last_client_activity = time.monotonic()
+        self.closing = False
+        self._finished = threading.Event()
         self._client_lock = threading.Lock()
         self._upstream_done = threading.Event()
         self._downstream: Optional[threading.Thread] = None
@@ -82,23 +84,55 @@ class Relay:
             self._upstream_done.set()
             self._finish_target()
             self._downstream.join()
+            self._finished.set()
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Close the session from outside (shutdown, timeouts): thread-safe.
 
-        Sends a close frame now (data not yet framed is dropped), then both
-        pumps wind down: the target is shut, the client gets
-        ``CLOSE_TIMEOUT`` seconds to answer the close.
+        Sends a close frame (data not yet framed is dropped) and shuts the
+        target; the client gets ``CLOSE_TIMEOUT`` seconds to answer.  If the
+        close cannot even be written in that time (a client that stopped
+        reading), both connections are aborted.
         """
+        self.closing = True
         self._note_end(code, reason)
-        self._send_close(code, reason)
+        watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
+        watchdog.daemon = True
+        watchdog.start()
+        if self._client_lock.acquire(timeout=CLOSE_TIMEOUT):
+            try:
+                self.connection.send_close(code, reason)
+                self._flush_locked()
+            finally:
+                self._client_lock.release()
         self.target.abort()
+        if self._finished.is_set():
+            watchdog.cancel()
 
-    def send_ping(self, payload: bytes = b"") -> None:
-        """Ping the client (heartbeat); thread-safe."""
-        with self._client_lock:
+    def close_in_background(self, code: int, reason: str) -> None:
+        """:meth:`close` on a short-lived thread, so the caller never waits."""
+        self.closing = True
+        threading.Thread(target=self.close, args=(code, reason), daemon=True,
+                         name="wsproxy-close").start()
+
+    def _abort_if_running(self) -> None:
+        if not self._finished.is_set():
+            self.client.abort()
+            self.target.abort()
+
+    def try_ping(self, payload: bytes = b"") -> bool:
+        """Ping the client (heartbeat) unless a write is in progress; thread-safe.
+
+        Skipping is harmless: a client busy receiving data is alive.
+        """
+        if not self._client_lock.acquire(blocking=False):
+            return False
+        try:
             self.connection.send_ping(payload)
             self._flush_locked()
+        finally:
+            self._client_lock.release()
+        return True
 
     # -- client → target ----------------------------------------------------------
 
@@ -125,7 +159,7 @@ class Relay:
 
     def _from_client(self, data: memoryview) -> bool:
         """Handle one receive from the client; False once the session must end."""
-        self.last_activity = time.monotonic()
+        self.last_activity = self.last_client_activity = time.monotonic()
         connection = self.connection
         payload = connection.receive_data(data)
         if payload:

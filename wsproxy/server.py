@@ -8,6 +8,7 @@ anyone else's accept.
 """
 
 import itertools
+import json
 import logging
 import os
 import socket
@@ -16,14 +17,16 @@ import ssl
 import stat
 import threading
 import time
-from typing import Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
+from .auth import AuthTable
 from .handler import ProxyRequestHandler
 from .protocol import sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
+from .tokens import TokenTable
 
 logger = logging.getLogger("wsproxy")
 
@@ -34,6 +37,8 @@ _TLS_VERSIONS = {
 }
 #: How long :meth:`ProxyServer.shutdown` waits for sessions to finish closing.
 SHUTDOWN_GRACE = 5.0
+#: Unanswered heartbeat pings before a session is closed.
+HEARTBEAT_MISSES = 3
 
 
 class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -59,10 +64,21 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if isinstance(server_address, tuple) and ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         self.ssl_context = build_server_ssl_context(self.settings)
+        self.token_table = TokenTable(self.settings.token_source) if self.settings.token_source else None
+        self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
+        self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
         self._numbers = itertools.count(1)
+        self._totals = {"sessions": 0, "bytes_from_client": 0, "bytes_to_client": 0}
+        self._by_target: Dict[str, Dict[str, int]] = {}
+        self._housekeeper: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
         self.started = time.time()
+        self._started_monotonic = time.monotonic()
+        if self.settings.ssl_target and self.settings.target_insecure:
+            logger.warning("TLS to the target is NOT verified (--target-insecure): "
+                           "anyone on the path to it can read and change the traffic")
         super().__init__(server_address, handler_class, bind_and_activate)
 
     # -- socketserver hooks -----------------------------------------------------------
@@ -82,7 +98,27 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def shutdown(self) -> None:
         """Stop accepting, send close 1001 to every open session, wait for them."""
         super().shutdown()
+        self._stopping.set()
         self.close_sessions(1001, "server shutting down")
+
+    def target_ssl_context(self) -> ssl.SSLContext:
+        """The client-side TLS context for ``--ssl-target`` (built once).
+
+        Verifies against ``--target-cafile`` (else the system store) unless
+        ``--target-insecure``.
+        """
+        if self._target_context is None:
+            settings = self.settings
+            try:
+                context = ssl.create_default_context(cafile=settings.target_cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("target-cafile: cannot load %s: %s"
+                                  % (settings.target_cafile, exc)) from None
+            if settings.target_insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._target_context = context
+        return self._target_context
 
     def reload(self) -> None:
         """Re-read what may change while running (SIGHUP): tokens, auth file."""
@@ -184,12 +220,92 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             raise HandshakeError(503, "too many sessions")
 
     def register_session(self, handler: ProxyRequestHandler) -> None:
+        """A session started relaying (called by the handler)."""
+        key = str(handler.session.target)
         with self._sessions_lock:
             self._sessions.add(handler)
+            self._totals["sessions"] += 1
+            entry = self._by_target.setdefault(key, {"sessions": 0, "open": 0,
+                                                      "bytes_from_client": 0, "bytes_to_client": 0})
+            entry["sessions"] += 1
+            entry["open"] += 1
+        settings = self.settings
+        if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
+            self._start_housekeeper()
 
     def unregister_session(self, handler: ProxyRequestHandler) -> None:
+        """A session ended: fold its byte counts into the totals."""
+        relay = handler.relay
+        key = str(handler.session.target)
         with self._sessions_lock:
             self._sessions.discard(handler)
+            entry = self._by_target[key]
+            entry["open"] -= 1
+            for name in ("bytes_from_client", "bytes_to_client"):
+                count = getattr(relay, name)
+                entry[name] += count
+                self._totals[name] += count
+
+    def status_document(self) -> bytes:
+        """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
+        with self._sessions_lock:
+            totals = dict(self._totals)
+            by_target = {key: dict(value) for key, value in self._by_target.items()}
+            for handler in self._sessions:
+                entry = by_target[str(handler.session.target)]
+                for name in ("bytes_from_client", "bytes_to_client"):
+                    count = getattr(handler.relay, name)
+                    entry[name] += count
+                    totals[name] += count
+            open_count = len(self._sessions)
+        document = {
+            "uptime": round(time.monotonic() - self._started_monotonic, 3),
+            "open_sessions": open_count,
+            "total_sessions": totals["sessions"],
+            "bytes_from_client": totals["bytes_from_client"],
+            "bytes_to_client": totals["bytes_to_client"],
+            "targets": by_target,
+        }
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    # -- timeouts ---------------------------------------------------------------------
+
+    def _start_housekeeper(self) -> None:
+        with self._sessions_lock:
+            if self._housekeeper is not None:
+                return
+            self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
+                                                 name="wsproxy-housekeeper")
+        self._housekeeper.start()
+
+    def _housekeep(self) -> None:
+        """Close idle sessions (``--session-timeout``) and ping clients (``--heartbeat``).
+
+        A client that answered none of the last ``HEARTBEAT_MISSES`` pings
+        (no byte from it for that many intervals) is closed with 1011, as the
+        ``websockets`` library does for a keepalive timeout.
+        """
+        settings = self.settings
+        idle_limit, beat = settings.session_timeout, settings.heartbeat
+        step = min(value for value in (idle_limit, beat, 1.0) if value > 0) / 4
+        next_ping = time.monotonic() + beat
+        while not self._stopping.wait(step):
+            now = time.monotonic()
+            with self._sessions_lock:
+                handlers = list(self._sessions)
+            ping_now = beat > 0 and now >= next_ping
+            if ping_now:
+                next_ping = now + beat
+            for handler in handlers:
+                relay = handler.relay
+                if relay is None or relay.closing:
+                    continue
+                if idle_limit and now - relay.last_activity >= idle_limit:
+                    relay.close_in_background(1000, "idle timeout (%g s)" % idle_limit)
+                elif beat and now - relay.last_client_activity >= beat * HEARTBEAT_MISSES:
+                    relay.close_in_background(1011, "no answer to %d heartbeat pings" % HEARTBEAT_MISSES)
+                elif ping_now:
+                    relay.try_ping()
 
     @property
     def open_sessions(self) -> int:
