@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from wsclient import DEFAULT_TIMEOUT, WSClient, open_session  # noqa: E402
+from wsclient import DEFAULT_TIMEOUT, OP_BINARY, WSClient, open_session  # noqa: E402
 
 #: How long teardown waits for threads started by a test to end.
 THREAD_DEADLINE = 5.0
@@ -37,6 +37,31 @@ def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT
             pytest.fail("timed out after %.1fs waiting for %s" % (timeout, message))
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+#: The checkout, for running ``python -m wsproxy`` as a child process.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Seconds a child command that should exit (or start listening) may take.
+EXIT_DEADLINE = 15.0
+
+
+def child_env() -> dict:
+    """The environment for ``python -m wsproxy`` children: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def echo_round_trip(port: int, host: str = "127.0.0.1") -> None:
+    """A whole binary session through a proxy in front of an echo target."""
+    payload = os.urandom(70000)
+    with open_session(port, protocols=["binary"], host=host) as ws:
+        ws.send_binary(payload)
+        assert ws.recv_stream(len(payload), opcode=OP_BINARY) == payload
+        ws.send_close(1000)
+        assert ws.recv_close()[0] == 1000
+        ws.expect_closed()
 
 
 def free_port() -> int:
@@ -341,8 +366,9 @@ class RunningProxy:
         self.settings = settings
         self.port = server.server_address[1]
         self.clients = []  # type: List[WSClient]
-        self.thread = threading.Thread(target=server.serve_forever, daemon=True,
-                                       name="proxy-serve-%d" % self.port)
+        # A short poll interval only makes shutdown() return sooner.
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True, name="proxy-serve-%d" % self.port)
         self.thread.start()
 
     @property

@@ -14,26 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until
-from wsclient import OP_BINARY, open_session
-
-ROOT = Path(__file__).resolve().parent.parent
-
-#: Seconds a command that should exit at once may take.
-EXIT_DEADLINE = 15.0
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
+from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
 
 def run_wsproxy(*args, timeout: float = EXIT_DEADLINE) -> subprocess.CompletedProcess:
     """Run ``python -m wsproxy ARGS`` to completion; fail if it does not exit."""
     try:
-        return subprocess.run([sys.executable, "-m", "wsproxy"] + list(args), cwd=str(ROOT),
+        return subprocess.run([sys.executable, "-m", "wsproxy"] + list(args), cwd=ROOT,
                               env=child_env(), stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               timeout=timeout, universal_newlines=True)
@@ -58,7 +44,7 @@ class Foreground:
         self.err_path = directory / "stderr.txt"
         with open(str(self.out_path), "wb") as out, open(str(self.err_path), "wb") as err:
             self.process = subprocess.Popen([sys.executable, "-m", "wsproxy"] + self.args,
-                                            cwd=str(ROOT), env=child_env(),
+                                            cwd=ROOT, env=child_env(),
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def output(self) -> str:
@@ -100,22 +86,12 @@ def foreground(tmp_path):
         child.stop()
 
 
-def echo_through(port: int, host: str = "127.0.0.1") -> None:
-    payload = os.urandom(70000)
-    with open_session(port, protocols=["binary"], host=host) as ws:
-        ws.send_binary(payload)
-        assert ws.recv_stream(len(payload), opcode=OP_BINARY) == payload
-        ws.send_close(1000)
-        assert ws.recv_close()[0] == 1000
-        ws.expect_closed()
-
-
 @pytest.mark.parametrize("flags", [["-f"], ["--foreground"], ["-f", "-v"], ["--foreground", "--verbose"]])
 def test_foreground_proxies(foreground, echo_target, flags):
     port = free_port()
     child = foreground(*(flags + ["127.0.0.1:%d" % port, echo_target.address]))
     child.wait_listening(port)
-    echo_through(port)
+    echo_round_trip(port)
     assert child.process.poll() is None, "wsproxy -f must keep running after a session"
 
 
@@ -123,7 +99,7 @@ def test_foreground_logs_session_lines(foreground, echo_target):
     port = free_port()
     child = foreground("-f", "-v", "127.0.0.1:%d" % port, echo_target.address)
     child.wait_listening(port)
-    echo_through(port)
+    echo_round_trip(port)
     wait_until(lambda: str(echo_target.port) in child.output(), message="a log line naming "
                "the target %s in the output; got %r" % (echo_target.address, child.output()))
 
@@ -132,7 +108,7 @@ def test_listen_port_alone_listens(foreground, echo_target):
     port = free_port()
     child = foreground("-f", str(port), echo_target.address)
     child.wait_listening(port)
-    echo_through(port)
+    echo_round_trip(port)
 
 
 def test_ipv6_literal_listen_address(foreground, echo_target):
@@ -144,7 +120,7 @@ def test_ipv6_literal_listen_address(foreground, echo_target):
         pytest.skip("this machine has no IPv6 loopback")
     child = foreground("-f", "[::1]:%d" % port, echo_target.address)
     child.wait_listening(port, host="::1")
-    echo_through(port, host="::1")
+    echo_round_trip(port, host="::1")
 
 
 def test_help():

@@ -163,16 +163,18 @@ class Relay:
         connection = self.connection
         payload = connection.receive_data(data)
         if payload:
-            chunk = payload[0] if len(payload) == 1 else b"".join(payload)
             if self.on_client_data is not None:
-                chunk = self.on_client_data(memoryview(chunk))
+                chunk = payload[0] if len(payload) == 1 else b"".join(payload)
+                payload = [self.on_client_data(memoryview(chunk))]
             try:
-                self.target.sendall([chunk])
+                # Many frames from one receive leave in one system call.
+                self.target.sendall(payload)
             except OSError as exc:
-                self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
                 self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
+                self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
                 return False
-            self.bytes_from_client += len(chunk)
+            for chunk in payload:
+                self.bytes_from_client += len(chunk)
         self._flush()
         if connection.failure is not None:
             failure = connection.failure

@@ -17,7 +17,7 @@ import ssl
 import stat
 import threading
 import time
-from typing import Dict, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 from .auth import AuthTable
 from .handler import ProxyRequestHandler
@@ -70,6 +70,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
         self._numbers = itertools.count(1)
+        #: Set by ``--workers`` to a counter shared by all worker processes.
+        self.session_number_source: Optional[Callable[[], int]] = None
         self._totals = {"sessions": 0, "bytes_from_client": 0, "bytes_to_client": 0}
         self._by_target: Dict[str, Dict[str, int]] = {}
         self._housekeeper: Optional[threading.Thread] = None
@@ -130,7 +132,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     # -- per connection (runs in the connection's own thread) -------------------------
 
     def next_session_number(self) -> int:
-        """A number unique within this server, for logs and recordings."""
+        """A number unique within this server (or all its workers), for logs and recordings."""
+        if self.session_number_source is not None:
+            return self.session_number_source()
         return next(self._numbers)
 
     def prepare_connection(self, sock: socket.socket,

@@ -22,6 +22,10 @@ _MAX_IOV = 512
 #: Below this total size, joining buffers is cheaper than a scatter send.
 _JOIN_BELOW = 16 * 1024
 _RAW_READ = 64 * 1024
+#: A fatal alert is one small record, sent without waiting: at most this
+#: long for the other direction's send to finish, then no blocking send.
+_ALERT_SEND_TIMEOUT = 1.0
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def send_buffers(sock: socket.socket, buffers: Sequence) -> None:
@@ -135,6 +139,11 @@ class TLSStream(SocketStream):
                     done = True
                 except ssl.SSLWantReadError:
                     done = False
+                except ssl.SSLError:
+                    # Send the alert OpenSSL wrote (RFC 8446 §6.2: e.g.
+                    # protocol_version), so the peer learns why.
+                    self._send_alert_locked()
+                    raise
                 outgoing = self._outgoing.read()
             if outgoing:
                 self.sock.sendall(outgoing)
@@ -150,6 +159,19 @@ class TLSStream(SocketStream):
                 raise ConnectionError("peer closed the connection during the TLS handshake")
             with self._tls_lock:
                 self._incoming.write(data)
+
+    def _send_alert_locked(self) -> None:
+        """Under ``_tls_lock``, after a fatal TLS error: best-effort send of the alert."""
+        alert = self._outgoing.read()
+        # Never block here: the writer may be stuck on a peer that reads nothing.
+        if not alert or not self._send_lock.acquire(timeout=_ALERT_SEND_TIMEOUT):
+            return
+        try:
+            self.sock.send(alert, _DONTWAIT)
+        except OSError:
+            pass
+        finally:
+            self._send_lock.release()
 
     def _flush_locked(self) -> Optional[bytes]:
         """Under ``_tls_lock``: take pending ciphertext and the send lock with it."""
@@ -181,6 +203,7 @@ class TLSStream(SocketStream):
                     if self._eof:
                         count = 0
                     else:
+                        self._send_alert_locked()
                         raise
                 pending = self._flush_locked()
             self._send_flushed(pending)

@@ -59,13 +59,32 @@ def is_valid_close_code(code: int) -> bool:
     return code in _SENDABLE_CODES or 3000 <= code <= 4999
 
 
-def apply_mask(payload: Buffer, mask: Buffer) -> bytes:
+#: XOR tables for ``bytes.translate``: ``_XOR_TABLES[k][b] == b ^ k``.
+_XOR_TABLES = [bytes(value ^ key for value in range(256)) for key in range(256)]
+#: Above this size the four-lane translate beats the big-integer XOR.
+_TRANSLATE_ABOVE = 512
+
+
+def apply_mask(payload: Buffer, mask: Buffer) -> Union[bytes, bytearray]:
     """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
 
-    Works on the whole buffer at once as one big integer: no per-byte
-    Python loop.  Masking and unmasking are the same operation.
+    No per-byte Python loop: small payloads are XORed as one big integer;
+    large ones as four interleaved lanes (every 4th byte shares a mask
+    byte), each lane mapped through a 256-byte XOR table with
+    ``bytes.translate``, which runs at C speed and about twice as fast as
+    the integer route for 64 KiB.  Masking and unmasking are the same
+    operation.
     """
     length = len(payload)
+    if length > _TRANSLATE_ABOVE:
+        data = payload if isinstance(payload, bytes) else bytes(payload)
+        out = bytearray(length)
+        tables = _XOR_TABLES
+        out[0::4] = data[0::4].translate(tables[mask[0]])
+        out[1::4] = data[1::4].translate(tables[mask[1]])
+        out[2::4] = data[2::4].translate(tables[mask[2]])
+        out[3::4] = data[3::4].translate(tables[mask[3]])
+        return out
     if not length:
         return b""
     key = bytes(mask) * ((length >> 2) + 1)
@@ -107,11 +126,17 @@ def encode_frame(opcode: int, payload: Buffer = b"", fin: bool = True) -> bytes:
 
 
 def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:
-    """The payload of a close frame: 2-byte code and UTF-8 reason, or empty."""
+    """The payload of a close frame: 2-byte code and UTF-8 reason, or empty.
+
+    The reason is cut to fit a control frame (RFC 6455 §5.5) at a character
+    boundary, since §5.5.1 requires it to be valid UTF-8.
+    """
     if code is None or code == CloseCode.NO_STATUS:
         return b""
-    data = struct.pack("!H", code) + reason.encode("utf-8")
-    return data[:MAX_CONTROL_PAYLOAD]
+    text = reason.encode("utf-8", "replace")[:MAX_CONTROL_PAYLOAD - 2]
+    # Drop a multi-byte character the cut left incomplete.
+    text = text.decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + text
 
 
 def parse_close_payload(payload: bytes) -> Tuple[int, str]:

@@ -58,9 +58,11 @@ class Request:
 def find_head_end(buffer, max_size: int) -> int:
     """Index just past the blank line ending the request head, or -1.
 
-    Raises ``HandshakeError(431)`` once ``max_size`` bytes hold no end.
+    Raises ``HandshakeError(431)`` once ``max_size`` bytes hold no end.  A
+    head of at most ``max_size`` bytes (blank line included) is accepted
+    however it was split across receives; a longer one never is.
     """
-    end = buffer.find(_HEADER_END, 0, max_size + len(_HEADER_END))
+    end = buffer.find(_HEADER_END, 0, max_size)
     if end >= 0:
         return end + len(_HEADER_END)
     if len(buffer) >= max_size:
@@ -88,7 +90,7 @@ def parse_request(head: bytes) -> Request:
     if len(parts) != 3 or not all(parts):
         raise HandshakeError(400, "malformed request line")
     method, target, version = parts
-    if not version.startswith("HTTP/1.") or not version[7:].isdigit() or len(version) != 8:
+    if len(version) != 8 or not version.startswith("HTTP/1.") or version[7] not in "0123456789":
         raise HandshakeError(400, "unsupported HTTP version")
     if not method or not set(method) <= _TOKEN_CHARS:
         raise HandshakeError(400, "malformed method")
