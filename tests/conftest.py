@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import pytest
 
@@ -25,8 +25,12 @@ THREAD_DEADLINE = 5.0
 
 
 def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+               message: Union[str, Callable[[], str]] = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
+
+    ``message`` says what was awaited; a callable is asked only on failure,
+    so it can describe the state at that moment.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -34,7 +38,8 @@ def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT
         if result:
             return result
         if time.monotonic() >= deadline:
-            pytest.fail("timed out after %.1fs waiting for %s" % (timeout, message))
+            what = message() if callable(message) else message
+            pytest.fail("timed out after %.1fs waiting for %s" % (timeout, what))
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
 
@@ -116,7 +121,7 @@ class TargetConnection:
     def wait_received(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Wait until at least ``count`` bytes arrived."""
         wait_until(lambda: self.received_count >= count, timeout,
-                   "the target to receive %d bytes (has %d)" % (count, self.received_count))
+                   lambda: "the target to receive %d bytes (has %d)" % (count, self.received_count))
 
     def wait_eof(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Wait until the proxy shut down its side of this connection."""
@@ -314,7 +319,8 @@ class LogCapture(logging.Handler):
         """Wait for a message satisfying ``predicate``; return it."""
         def matching():
             return [text for text in self.messages() if predicate(text)]
-        found = wait_until(matching, timeout, "%s; got:\n%s" % (what, "\n".join(self.messages())))
+        found = wait_until(matching, timeout,
+                           lambda: "%s; the log holds:\n%s" % (what, "\n".join(self.messages())))
         return found[0]
 
     def tracebacks(self) -> List[logging.LogRecord]:
@@ -344,7 +350,11 @@ def wsproxy_log():
 
 @pytest.fixture(autouse=True)
 def no_thread_leak():
-    """Every test must leave the process with as many threads as it found."""
+    """Every test must leave the process with as many threads as it found.
+
+    Autouse fixtures are set up before any other, so this one is checked
+    after every proxy, target and server fixture has stopped.
+    """
     before = threading.active_count()
     yield
     deadline = time.monotonic() + THREAD_DEADLINE

@@ -5,7 +5,6 @@ stopped with SIGTERM after the test; argument errors must exit non-zero with
 a message and no traceback.
 """
 
-import os
 import signal
 import socket
 import subprocess
@@ -100,8 +99,9 @@ def test_foreground_logs_session_lines(foreground, echo_target):
     child = foreground("-f", "-v", "127.0.0.1:%d" % port, echo_target.address)
     child.wait_listening(port)
     echo_round_trip(port)
-    wait_until(lambda: str(echo_target.port) in child.output(), message="a log line naming "
-               "the target %s in the output; got %r" % (echo_target.address, child.output()))
+    wait_until(lambda: str(echo_target.port) in child.output(),
+               message=lambda: "a log line naming the target %s in the output; got %r"
+               % (echo_target.address, child.output()))
 
 
 def test_listen_port_alone_listens(foreground, echo_target):

@@ -140,7 +140,19 @@ def test_apply_mask_is_its_own_inverse_and_takes_any_buffer():
     assert apply_mask(masked, RFC_MASK) == payload
     assert apply_mask(bytearray(masked), bytearray(RFC_MASK)) == payload
     assert apply_mask(memoryview(b"--" + masked)[2:], memoryview(RFC_MASK)) == payload
-    assert isinstance(apply_mask(memoryview(masked), RFC_MASK), bytes)
+    # A fresh object the caller may keep: never a view into the input.
+    assert isinstance(apply_mask(memoryview(masked), RFC_MASK), (bytes, bytearray))
+    assert isinstance(apply_mask(memoryview(masked[:9]), RFC_MASK), (bytes, bytearray))
+
+
+def test_apply_mask_both_strategies_agree_around_the_switch():
+    # Small payloads go through one big integer, large ones through translate
+    # tables; every length near the switch and every lane must match.
+    for length in list(range(500, 530)) + [4096, 4097, 65535, 65536, 65537]:
+        payload = os.urandom(length)
+        for mask in (RFC_MASK, b"\x00\xff\x80\x01", os.urandom(4)):
+            assert apply_mask(payload, mask) == naive_mask(payload, mask), (length, mask)
+            assert apply_mask(bytearray(payload), memoryview(mask)) == naive_mask(payload, mask)
 
 
 def test_rotate_mask_continues_the_mask_at_any_offset():

@@ -71,12 +71,7 @@ def test_upgrade_value_is_case_insensitive(proxy, upgrade):
 
 def test_handshake_sent_one_byte_at_a_time(proxy):
     with proxy().client() as ws:
-        request, ws.key = build_request(host="127.0.0.1:%d" % ws.port)
-        for index in range(len(request)):
-            ws.send_raw(request[index:index + 1])
-        response = ws.read_response()
-        assert response.status == 101
-        ws._check_upgrade(response)
+        ws.handshake(piece_size=1)
         echo_once(ws)
 
 

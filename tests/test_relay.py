@@ -366,6 +366,8 @@ def _close_body(code, reason=b""):
 
 PROTOCOL_ERRORS = {
     "unmasked": lambda ws: ws.send_binary(b"abc", mask=False),
+    "unmasked-empty": lambda ws: ws.send_binary(b"", mask=False),
+    "unmasked-long": lambda ws: ws.send_binary(b"x" * 300, mask=False),
     "unmasked-text": lambda ws: ws.send_text("abc", mask=False),
     "unmasked-ping": lambda ws: ws.send_ping(b"abc", mask=False),
     "rsv1": lambda ws: ws.send_binary(b"abc", rsv=4),

@@ -542,9 +542,9 @@ def test_wss_bulk_both_directions_at_once(proxy, make_target, tls_files, tls_ver
             updater.check(wss.sock)
 
             def between(frame_number):
-                # Every 8th frame (512 KiB): ask the proxy for a key update
-                # back while both pumps are busy.
-                if frame_number % 8 == 4 and updater.request(wss.sock):
+                # Every other frame (128 KiB): ask the proxy for a key
+                # update back while both pumps are busy.
+                if frame_number % 2 == 1 and updater.request(wss.sock):
                     requested.append(frame_number)
         sent_sha, reader, echoed_early = stream_both_ways(wss.sock, total,
                                                           between_frames=between)
@@ -557,7 +557,106 @@ def test_wss_bulk_both_directions_at_once(proxy, make_target, tls_files, tls_ver
     connection.wait_received(total, timeout=10)
     assert connection.received_sha256 == sent_sha
     if updater is not None:
-        assert len(requested) >= total // (1024 * 1024), requested
+        assert len(requested) >= total // (256 * 1024), len(requested)
         # The proxy answered (most of) our requests with key updates of its own.
         assert len(key_updates_back) >= len(requested) // 2, (len(key_updates_back),
                                                               len(requested))
+
+
+class FloodTarget:
+    """A target that writes without end while it reads, so a client that reads
+    nothing stalls the proxy's downstream pump.
+
+    ``stalled`` is set once its socket stays unwritable: the proxy stopped
+    reading it, so its downstream pump is blocked writing to the client.
+    ``received`` counts what arrived from the client.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self.received = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True, name="flood-target")]
+        self.threads[0].start()
+
+    def _run(self) -> None:
+        conn, _ = self.listener.accept()
+        reader = threading.Thread(target=self._read, args=(conn,), daemon=True,
+                                  name="flood-target-read")
+        self.threads.append(reader)
+        reader.start()
+        chunk = os.urandom(64 * 1024)
+        try:
+            while True:
+                _, writable, _ = select.select([], [conn], [], 0.2)
+                if not writable:
+                    self.stalled.set()
+                    continue
+                conn.send(chunk)
+        except OSError:
+            pass
+        finally:
+            reader.join(10)
+            conn.close()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                self.received += len(data)
+        except OSError:
+            pass
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # stop the writer too
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "relay.py: Relay._from_client always calls _flush(), which waits for _client_lock; "
+    "the downstream pump holds that lock through a blocking client.sendall, so a client "
+    "that is not reading stops its own upload after one read"))
+@pytest.mark.parametrize("scheme", ["ws", "wss-tls1.3-key-update"])
+def test_stalled_downstream_never_stalls_upstream(proxy, tls_files, scheme):
+    # The client reads nothing, so the proxy's downstream pump blocks writing
+    # to it; its uploads must still reach the target.  Over TLS the client
+    # also asks for a key update with every frame: the reading pump must
+    # never wait for the writer blocked on the network (TLSStream lets the
+    # thread that holds the send lock send the reader's records).
+    updater = None
+    if scheme != "ws":
+        reason = KeyUpdater.probe(tls_files)
+        if reason is not None:
+            pytest.skip(reason)
+        updater = KeyUpdater()
+    target = FloodTarget()
+    try:
+        running = proxy(target_port=target.port, cert=tls_files.cert, key=tls_files.key,
+                        ssl_version="tlsv1_3")
+        if updater is None:
+            client = WSClient(running.port)  # type: WSClient
+        else:
+            client = TLSClient(running.port, client_context(tls_files.ca))
+        with client:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            client.handshake(protocols=["binary"])
+            if not target.stalled.wait(10):
+                pytest.fail("the proxy never stopped reading the flooding target")
+            # One frame at a time: each must reach the target before the next goes.
+            for number in range(1, 5):
+                if updater is not None:
+                    assert updater.request(client.sock)
+                client.send_binary(b"u" * 1000)
+                wait_until(lambda: target.received >= 1000 * number, 5,
+                           "frame %d to reach the target past a stalled downstream "
+                           "(it had %d bytes before)" % (number, target.received))
+    finally:
+        target.stop()

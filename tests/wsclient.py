@@ -339,12 +339,19 @@ class WSClient:
 
     # -- handshake ----------------------------------------------------------------
 
-    def send_request(self, raw: Optional[bytes] = None, **request_options) -> None:
-        """Send a handshake request: ``raw`` bytes, or one built by :func:`build_request`."""
+    def send_request(self, raw: Optional[bytes] = None, piece_size: Optional[int] = None,
+                     **request_options) -> None:
+        """Send a handshake request: ``raw`` bytes, or one built by :func:`build_request`.
+
+        With ``piece_size`` the request goes out in pieces of that many bytes,
+        one system call each.
+        """
         if raw is None:
             request_options.setdefault("host", "%s:%d" % (self.host, self.port))
             raw, self.key = build_request(**request_options)
-        self.send_raw(raw)
+        step = piece_size or len(raw) or 1
+        for start in range(0, len(raw), step):
+            self.send_raw(raw[start:start + step])
 
     def read_response(self, timeout: Optional[float] = None) -> HttpResponse:
         """Read an HTTP response head, and its body unless the status is 101.
@@ -407,16 +414,20 @@ class WSClient:
                   **request_options) -> HttpResponse:
         """Send a handshake, read the answer and check it.
 
-        With ``expect_status`` 101 (the default) this checks the upgrade
-        headers and ``Sec-WebSocket-Accept`` (RFC 6455 §4.1, client steps 1-4)
-        and records the chosen subprotocol in :attr:`protocol`.  Pass
+        ``request_options`` go to :func:`build_request`, except ``piece_size``
+        (see :meth:`send_request`) and, with ``raw``, ``key`` (the key inside
+        the raw request, to check the accept value).  With ``expect_status``
+        101 (the default) this checks the upgrade headers and
+        ``Sec-WebSocket-Accept`` (RFC 6455 §4.1, client steps 1-4) and
+        records the chosen subprotocol in :attr:`protocol`.  Pass
         ``expect_status=None`` to accept any status.
         """
+        piece_size = request_options.pop("piece_size", None)
         if raw is None:
-            self.send_request(protocols=protocols, **request_options)
+            self.send_request(protocols=protocols, piece_size=piece_size, **request_options)
         else:
             self.key = request_options.get("key")
-            self.send_request(raw=raw)
+            self.send_request(raw=raw, piece_size=piece_size)
         response = self.read_response(timeout)
         if expect_status is not None and response.status != expect_status:
             raise ClientError("expected HTTP %d, got %d %s: %r"

@@ -1,211 +1,525 @@
 """The command line: ``wsproxy [options] [HOST:]PORT TARGET_HOST:TARGET_PORT``.
 
 The only module that reads ``sys.argv``, installs signal handlers and
-configures logging.  It builds a :class:`Settings` and runs a
-:class:`ProxyServer`, exactly as an embedder would.
+configures logging.  It builds a :class:`Settings` (from ``-c FILE``, then
+the options, which override the file) and runs a :class:`ProxyServer`, as
+an embedder would.  Exit status: 0 after a clean stop, 1 when the server
+cannot start (port taken, pid file unwritable), 2 for a bad command line or
+configuration.
+
+Signals: SIGTERM and SIGINT stop accepting, close every session with 1001
+and exit 0 once they are done (or after a few seconds); SIGHUP reopens the
+log file and re-reads the token source and the auth file, keeping sessions.
 """
 
 import argparse
 import logging
+import logging.handlers
 import os
+import select
 import signal
+import socketserver
+import stat
 import sys
 import threading
-from typing import List, Optional
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import daemon
-from .server import ProxyServer
+from . import __version__, config, daemon
+from .config import OPTIONS, Option
+from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
-from .targets import parse_host_port, parse_target
 
 logger = logging.getLogger("wsproxy")
 
 #: Two threads per session: keep their stacks small (RSS grows with use only).
 THREAD_STACK_SIZE = 512 * 1024
 
-# (flags, Settings field, kind, metavar, help).  kind: str int float flag
-# list nflag (a --no-x flag that sets the field False).
-OPTIONS = [
-    (("-f", "--foreground"), "foreground", "flag", None, "stay in the foreground (default: run as a daemon)"),
-    (("-D", "--daemon"), "daemon", "flag", None, "run as a daemon (the default; websockify's spelling)"),
-    (("--pid-file",), "pid_file", "str", "FILE", "write the process id to FILE"),
-    (("-v", "--verbose"), "verbose", "flag", None, "log more (debug level)"),
-    (("-q", "--quiet"), "quiet", "flag", None, "log warnings and errors only"),
-    (("--log-file",), "log_file", "str", "FILE", "log to FILE instead of standard error"),
-    (("--unix-target",), "unix_target", "str", "PATH", "relay to a Unix socket instead of HOST:PORT"),
-    (("--ssl-target",), "ssl_target", "flag", None, "connect to the target with TLS"),
-    (("--target-cafile",), "target_cafile", "str", "FILE", "CA bundle to verify the TLS target"),
-    (("--target-insecure",), "target_insecure", "flag", None, "do not verify the TLS target (unsafe)"),
-    (("--cert",), "cert", "str", "FILE", "TLS certificate (PEM; may hold the key too)"),
-    (("--key",), "key", "str", "FILE", "TLS private key (PEM), if not in --cert"),
-    (("--ssl-only",), "ssl_only", "flag", None, "refuse plain (non-TLS) connections"),
-    (("--ssl-ciphers",), "ssl_ciphers", "str", "LIST", "OpenSSL cipher list for TLS 1.2 and older"),
-    (("--ssl-version",), "ssl_version", "str", "VERSION",
-     "minimum TLS version: tlsv1_1, tlsv1_2 (default) or tlsv1_3"),
-    (("--verify-client",), "verify_client", "flag", None, "require a TLS client certificate signed by --cafile"),
-    (("--cafile",), "cafile", "str", "FILE", "CA bundle for --verify-client"),
-    (("--no-flash-policy",), "flash_policy", "nflag", None, "do not answer Flash policy requests"),
-    (("--flash-policy-domain",), "flash_policy_domain", "str", "DOMAIN", "domain allowed by the Flash policy (default *)"),
-    (("--flash-policy-ports",), "flash_policy_ports", "str", "PORTS", "ports allowed by the Flash policy (default *)"),
-    (("--record",), "record", "str", "FILE", "record each session to FILE.N"),
-    (("--origin",), "origin", "list", "ORIGIN", "allowed Origin (repeatable); others get 403"),
-    (("--handshake-timeout",), "handshake_timeout", "float", "S", "seconds allowed for TLS and HTTP handshakes (default 10)"),
-    (("--max-connections",), "max_connections", "int", "N", "open sessions allowed; more get 503 (default: no limit)"),
-    (("--max-header-size",), "max_header_size", "int", "BYTES", "largest request header block (default 16384)"),
-    (("--max-message-size",), "max_message_size", "int", "BYTES", "largest buffered message (default 1048576)"),
-]
+LOG_FORMAT = "%(asctime)s wsproxy[%(process)d] %(levelname)s %(message)s"
+#: syslog stamps the time itself.
+SYSLOG_FORMAT = "wsproxy[%(process)d]: %(levelname)s %(message)s"
+#: Where ``--syslog`` without an address logs: this socket, else UDP localhost:514.
+LOCAL_SYSLOG_SOCKET = "/dev/log"
+LOCAL_SYSLOG_UDP = ("localhost", 514)
+
+#: The longest pause between two looks at ``--idle-timeout``.
+IDLE_CHECK_INTERVAL = 0.25
+
+#: Signals the main loop acts on.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
+
+_DEFAULTS = Settings()
+
+#: Files read at start: (field, True = must be a directory, False = a file, None = either).
+INPUT_FILES = (
+    ("cert", False), ("key", False), ("cafile", False), ("target_cafile", False),
+    ("auth_file", False), ("token_source", None), ("web", True),
+)
+
+
+# -- the command line -------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser: the positionals, ``-c``, ``--print-config`` and :data:`OPTIONS`.
+
+    Every option defaults to None ("not given") so that a config file's
+    value survives unless the command line names the option.
+    """
     parser = argparse.ArgumentParser(
         prog="wsproxy",
-        description="Relay WebSocket clients to a TCP service.",
+        description="Relay WebSocket clients to a TCP service.  With --unix-listen give only "
+                    "TARGET; with --token-source (or --unix-target) TARGET may be left out.",
         usage="%(prog)s [options] [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT")
-    parser.add_argument("listen", metavar="[LISTEN_HOST:]LISTEN_PORT", nargs="?")
-    parser.add_argument("target", metavar="TARGET_HOST:TARGET_PORT", nargs="?")
-    for flags, field, kind, metavar, text in OPTIONS:
-        dest = field
-        if kind == "flag":
-            parser.add_argument(*flags, dest=dest, action="store_true", default=None, help=text)
-        elif kind == "nflag":
-            parser.add_argument(*flags, dest=dest, action="store_false", default=None, help=text)
-        elif kind == "list":
-            parser.add_argument(*flags, dest=dest, action="append", metavar=metavar, help=text)
-        else:
-            parser.add_argument(*flags, dest=dest, metavar=metavar, help=text)
+    parser.add_argument("listen", metavar="[LISTEN_HOST:]LISTEN_PORT", nargs="?",
+                        help="where to listen (HOST may be [IPv6]; no HOST = every address)")
+    parser.add_argument("target", metavar="TARGET_HOST:TARGET_PORT", nargs="?",
+                        help="where to relay: HOST:PORT, [IPv6]:PORT or unix:/PATH")
+    general = parser.add_argument_group("Configuration")
+    general.add_argument("-c", "--config", metavar="FILE",
+                         help="read options from FILE ([wsproxy] section; keys are long "
+                              "option names); the command line overrides it")
+    general.add_argument("--print-config", action="store_true",
+                         help="print the effective configuration as a config file and exit")
+    general.add_argument("--version", action="version", version="wsproxy " + __version__)
+    groups = {name: parser.add_argument_group(name) for name in config.GROUPS}
+    for option in OPTIONS:
+        _add_option(groups[option.group], option)
     return parser
 
 
-def _convert(field: str, kind: str, value):
-    """Turn an option's text into the field's type; ConfigError names the option."""
-    name = field.replace("_", "-")
-    try:
-        if kind == "int":
-            number = int(value)
-            if number < 0:
-                raise ValueError
-            return number
-        if kind == "float":
-            number = float(value)
-            if number < 0 or number != number:
-                raise ValueError
-            return number
-    except (TypeError, ValueError):
-        raise ConfigError("%s: expected a non-negative %s, got %r"
-                          % (name, "integer" if kind == "int" else "number", value)) from None
-    return value
+def _add_option(group, option: Option) -> None:
+    text = _help_text(option)
+    if option.negates:
+        group.add_argument(*option.flags, dest=option.field, action="store_const",
+                           const=False, default=None, help=text)
+    elif option.kind == "bool":
+        group.add_argument(*option.flags, dest=option.field, default=None, help=text,
+                           action=argparse.BooleanOptionalAction)
+    elif config.KINDS[option.kind].many:
+        group.add_argument(*option.flags, dest=option.field, action="append", default=None,
+                           metavar=option.metavar, help=text)
+    elif option.kind == "syslog":
+        group.add_argument(*option.flags, dest=option.field, nargs="?", const="yes",
+                           default=None, metavar=option.metavar, help=text)
+    else:
+        group.add_argument(*option.flags, dest=option.field, default=None,
+                           metavar=option.metavar, help=text)
+
+
+def _help_text(option: Option) -> str:
+    default = getattr(_DEFAULTS, option.field)
+    text = option.help
+    if not option.negates and default not in (None, False, "", 0, []):
+        text += " (default: %s)" % config.format_value(option, default)
+    return text.replace("%", "%%")
+
+
+def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool]:
+    """Parse ``argv`` (and its ``-c FILE``) into ``(Settings, print_config)``.
+
+    Raises :class:`ConfigError` with a one-line message naming the option,
+    or the file and line; argparse itself exits 2 on malformed syntax.
+    """
+    args = build_parser().parse_args(argv)
+    values: Dict[str, Any] = {}
+    if args.config:
+        values = config.read_config_file(args.config)
+    options = _option_values(args)
+    # The command line replaces what the file said about the same thing.
+    if "unix_target" in options or args.target is not None:
+        for name in ("target_host", "target_port", "unix_target"):
+            values.pop(name, None)
+    if "verbose" in options or "quiet" in options:
+        values.pop("verbose", None)
+        values.pop("quiet", None)
+    values.update(options)
+    values.update(_positional_values(args.listen, args.target, values))
+    _check_complete(values)
+    return Settings(**values), args.print_config
 
 
 def settings_from_args(argv: Optional[List[str]] = None) -> Settings:
     """Parse the command line into :class:`Settings`; ConfigError on bad values."""
-    args = build_parser().parse_args(argv)
-    values = {}
-    for _flags, field, kind, _metavar, _text in OPTIONS:
-        value = getattr(args, field)
-        if value is None or field == "daemon":
+    return parse_command_line(argv)[0]
+
+
+def _option_values(args: argparse.Namespace) -> Dict[str, Any]:
+    """The fields the command line's options set, converted; ConfigError names the flag."""
+    values: Dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(args, option.field)
+        if raw is None or option.field in values:
             continue
-        values[field] = _convert(field, kind, value)
-    if args.listen is None:
-        raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT")
-    try:
-        host, port = parse_host_port(args.listen, default_host="")
-    except ValueError as exc:
-        raise ConfigError("listen: %s" % exc) from None
-    values["listen_host"], values["listen_port"] = host, port
-    if args.target is not None:
         try:
-            target = parse_target(args.target)
-        except ValueError as exc:
+            values[option.field] = config.option_value(option, raw)
+        except ConfigError as exc:
+            raise ConfigError("--%s: %s" % (option.key, exc)) from None
+    return values
+
+
+def _positional_values(listen: Optional[str], target: Optional[str],
+                       values: Dict[str, Any]) -> Dict[str, Any]:
+    if values.get("unix_listen") and listen is not None:
+        if target is not None:
+            raise ConfigError("--unix-listen takes the place of LISTEN: give only "
+                              "TARGET_HOST:TARGET_PORT")
+        listen, target = None, listen
+    found: Dict[str, Any] = {}
+    if listen is not None:
+        try:
+            found.update(config.listen_values(listen))
+        except ConfigError as exc:
+            raise ConfigError("listen: %s" % exc) from None
+    if target is not None:
+        try:
+            found.update(config.target_values(target))
+        except ConfigError as exc:
             raise ConfigError("target: %s" % exc) from None
-        if target.unix is not None:
-            values["unix_target"] = target.unix
-        else:
-            values["target_host"], values["target_port"] = target.host, target.port
-    elif not values.get("unix_target"):
-        raise ConfigError("target: missing TARGET_HOST:TARGET_PORT")
-    return Settings(**values)
+    return found
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send the ``wsproxy`` logger to standard error or ``--log-file``."""
-    level = logging.DEBUG if settings.verbose else logging.WARNING if settings.quiet else logging.INFO
+def _check_complete(values: Dict[str, Any]) -> None:
+    if not values.get("unix_listen") and "listen_port" not in values:
+        raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT (or --unix-listen PATH)")
+    if not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
+        raise ConfigError("target: missing TARGET_HOST:TARGET_PORT "
+                          "(or --unix-target PATH, or --token-source)")
+    if values.get("verbose") and values.get("quiet"):
+        raise ConfigError("--verbose and --quiet exclude each other")
+
+
+# -- logging --------------------------------------------------------------------------
+
+
+class ReopeningFileHandler(logging.FileHandler):
+    """A log file that :meth:`reopen` opens again at the same path (log rotation)."""
+
+    def reopen(self) -> None:
+        """Switch to a fresh file at the path; raises OSError and keeps the old one on failure."""
+        stream = open(self.baseFilename, "a", encoding="utf-8", errors="backslashreplace")
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        if old is not None:
+            old.close()
+
+
+def build_log_handlers(settings: Settings) -> List[logging.Handler]:
+    """The handlers ``settings`` ask for: ``--log-file``, ``--syslog``, else standard error.
+
+    Raises :class:`ConfigError` naming the option when a file cannot be
+    opened or a syslog address cannot be used.
+    """
+    handlers: List[logging.Handler] = []
     if settings.log_file:
-        handler: logging.Handler = logging.FileHandler(settings.log_file)
-    else:
+        try:
+            handler: logging.Handler = ReopeningFileHandler(
+                settings.log_file, encoding="utf-8", errors="backslashreplace")
+        except OSError as exc:
+            raise ConfigError("--log-file: cannot open %s: %s"
+                              % (settings.log_file, exc.strerror or exc)) from None
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(handler)
+    if settings.syslog is not None:
+        handlers.append(_syslog_handler(settings.syslog))
+    if not handlers:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s wsproxy[%(process)d] %(levelname)s %(message)s"))
-    logger.addHandler(handler)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(handler)
+    return handlers
+
+
+def _syslog_handler(address_text: str) -> logging.Handler:
+    if address_text:
+        address = config.parse_syslog_address(address_text)
+    elif _is_socket(LOCAL_SYSLOG_SOCKET):
+        address = LOCAL_SYSLOG_SOCKET
+    else:
+        address = LOCAL_SYSLOG_UDP
+    if isinstance(address, str) and not os.path.exists(address):
+        # SysLogHandler would wait quietly for the socket to appear; a path
+        # that does not exist at start is far more likely a typo.
+        raise ConfigError("--syslog: no such socket: %s" % address)
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError as exc:
+        where = address if isinstance(address, str) else "%s:%d" % address
+        raise ConfigError("--syslog: cannot log to %s: %s" % (where, exc.strerror or exc)) from None
+    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+    return handler
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def configure_logging(settings: Settings, handlers: List[logging.Handler]) -> None:
+    """Send the ``wsproxy`` logger to ``handlers`` at the level -v/-q ask for."""
+    level = logging.DEBUG if settings.verbose else logging.WARNING if settings.quiet else logging.INFO
+    for handler in handlers:
+        logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def reopen_logs(settings: Settings, handlers: List[logging.Handler]) -> None:
+    """Reopen ``--log-file`` (and, as a daemon, the standard streams sent to it)."""
+    for handler in handlers:
+        if isinstance(handler, ReopeningFileHandler):
+            try:
+                handler.reopen()
+            except OSError as exc:
+                logger.error("cannot reopen the log file %s: %s; still writing to the old one",
+                             handler.baseFilename, exc.strerror or exc)
+    if settings.log_file and not settings.foreground:
+        try:
+            daemon.redirect_output(settings.log_file)
+        except OSError:
+            pass  # already reported just above
+
+
+# -- signals --------------------------------------------------------------------------
+
+
+class SignalInbox:
+    """SIGTERM, SIGINT and SIGHUP, collected for the main thread to act on.
+
+    The handlers do nothing themselves; Python's wakeup fd carries each
+    signal's number into a pipe that :meth:`wait` reads, so no lock or log
+    call ever runs inside a signal handler.  Create it in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self._read_end, self._write_end = os.pipe()
+        for end in (self._read_end, self._write_end):
+            os.set_blocking(end, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
+        self._previous = {}
+        for signum in self.signals():
+            self._previous[signum] = signal.signal(signum, _ignore_signal)
+
+    @staticmethod
+    def signals() -> List[int]:
+        return [signum for signum in STOP_SIGNALS + (RELOAD_SIGNAL,) if signum is not None]
+
+    def wait(self, timeout: Optional[float]) -> List[int]:
+        """Wait up to ``timeout`` seconds (None = forever) for signals; return their numbers."""
+        select.select([self._read_end], [], [], timeout)
+        received: List[int] = []
+        while True:
+            try:
+                data = os.read(self._read_end, 512)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            received.extend(data)
+        return [signum for signum in received if signum in self._previous]
+
+    def close(self) -> None:
+        """Put the previous handlers back and close the pipe."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read_end)
+        os.close(self._write_end)
+
+
+def _ignore_signal(_signum, _frame) -> None:
+    """The Python-level handler: the wakeup fd already told the main loop."""
+
+
+# -- running --------------------------------------------------------------------------
+
+
+def make_server(settings: Settings) -> ProxyServer:
+    """Bind the listening socket ``settings`` describe (TCP, or ``--unix-listen``)."""
+    if settings.unix_listen:
+        return UnixProxyServer(settings.unix_listen, settings)
+    return ProxyServer((settings.listen_host, settings.listen_port), settings)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run wsproxy from the command line; returns the exit status."""
     try:
-        settings = settings_from_args(argv)
-    except ConfigError as exc:
-        print("wsproxy: %s" % exc, file=sys.stderr)
-        return 2
-    for name in ("pid_file", "log_file", "record", "cert", "key", "cafile", "target_cafile"):
-        value = getattr(settings, name)
-        if value:
-            setattr(settings, name, os.path.abspath(value))
-    threading.stack_size(THREAD_STACK_SIZE)
-    address = (settings.listen_host, settings.listen_port)
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 130
+
+
+def _main(argv: Optional[List[str]]) -> int:
     try:
-        server = ProxyServer(address, settings)
+        settings, print_config = parse_command_line(argv)
+        if print_config:
+            sys.stdout.write(config.format_config(settings))
+            return 0
+        check_input_files(settings)
+        handlers = build_log_handlers(settings)
     except ConfigError as exc:
-        print("wsproxy: %s" % exc, file=sys.stderr)
-        return 2
+        return _fail(exc, 2)
+    threading.stack_size(THREAD_STACK_SIZE)
+    # Handlers first: a SIGHUP or SIGTERM as soon as the port listens must not kill us.
+    signals = SignalInbox()
+    try:
+        return _start(settings, handlers, signals)
+    finally:
+        signals.close()
+
+
+def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalInbox) -> int:
+    try:
+        server = make_server(settings)
+    except ConfigError as exc:
+        return _fail(exc, 2)
     except OSError as exc:
-        print("wsproxy: cannot listen on %s:%d: %s"
-              % (settings.listen_host or "*", settings.listen_port, exc.strerror or exc),
-              file=sys.stderr)
-        return 1
+        return _fail("cannot listen on %s: %s" % (_listen_text(settings), exc.strerror or exc), 1)
     ready_pipe = None
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
-    configure_logging(settings)
+    configure_logging(settings, handlers)
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)
     except daemon.DaemonError as exc:
+        server.server_close()
         if ready_pipe is not None:
             daemon.report_ready(ready_pipe, str(exc))
-        else:
-            print("wsproxy: %s" % exc, file=sys.stderr)
-        return 1
+            return 1
+        return _fail(exc, 1)
     try:
-        return _serve(server, settings, ready_pipe)
+        return _serve(server, settings, handlers, signals, ready_pipe)
     finally:
         if settings.pid_file:
             daemon.remove_pid_file(settings.pid_file)
 
 
-def _serve(server: ProxyServer, settings: Settings, ready_pipe: Optional[int]) -> int:
-    """Serve until SIGTERM/SIGINT; then close sessions with 1001 and return 0."""
-    stop = threading.Event()
+def check_input_files(settings: Settings) -> None:
+    """Fail early, naming the option, when a file wsproxy must read is missing."""
+    for field, want_directory in INPUT_FILES:
+        path = getattr(settings, field)
+        if not path:
+            continue
+        name = config.OPTION_FOR_FIELD[field].key
+        if not os.path.exists(path):
+            raise ConfigError("--%s: no such file or directory: %s" % (name, path))
+        if want_directory is not None and os.path.isdir(path) != want_directory:
+            raise ConfigError("--%s: %s is %s" % (
+                name, path, "not a directory" if want_directory else "a directory"))
 
-    def request_stop(signum, _frame):
-        logger.info("signal %d: shutting down", signum)
-        stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+def _fail(message: object, status: int) -> int:
+    print("wsproxy: %s" % message, file=sys.stderr)
+    return status
+
+
+def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+           signals: SignalInbox, ready_pipe: Optional[int]) -> int:
+    """Serve until a stop signal or a lifetime limit; returns the exit status (0)."""
     serving = threading.Thread(target=server.serve_forever, name="wsproxy-accept", daemon=True)
     serving.start()
-    logger.info("listening on %s:%d, relaying to %s", settings.listen_host or "*",
-                server.server_address[1], _target_text(settings))
+    logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
+                _target_text(settings))
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
-    while not stop.wait(3600):
-        pass
+    lifetime = _Lifetime(settings, time.monotonic())
+    while True:
+        for signum in signals.wait(lifetime.next_wait(time.monotonic())):
+            if signum == RELOAD_SIGNAL:
+                _reload(server, settings, handlers)
+            else:
+                logger.info("%s: shutting down, closing %d open session(s) with 1001",
+                            signal.Signals(signum).name, server.open_sessions)
+                return _stop(server)
+        verdict = lifetime.check(time.monotonic(), server.open_sessions)
+        if verdict == "stop accepting":
+            logger.info("--timeout %s: no longer accepting; exiting once no session is open",
+                        config.format_number(settings.timeout))
+            socketserver.BaseServer.shutdown(server)  # leaves open sessions running
+            server.server_close()
+        elif verdict:
+            logger.info("exiting: %s", verdict)
+            return _stop(server)
+
+
+class _Lifetime:
+    """``--timeout`` and ``--idle-timeout``: when to stop accepting, when to exit.
+
+    ``--timeout S``: S seconds after start, stop accepting; exit once no
+    session is open (websockify's meaning).  ``--idle-timeout S``: exit once
+    no session has been open for S seconds (counting from start).
+    """
+
+    def __init__(self, settings: Settings, started: float) -> None:
+        self.timeout = settings.timeout
+        self.idle_timeout = settings.idle_timeout
+        self.started = started
+        self.accepting = True
+        self.idle_since: Optional[float] = started
+
+    def next_wait(self, now: float) -> Optional[float]:
+        """How long the main loop may sleep before the next :meth:`check` (None = forever)."""
+        waits = []
+        if self.timeout and self.accepting:
+            waits.append(max(0.0, self.started + self.timeout - now))
+        if self.idle_timeout or not self.accepting:
+            waits.append(min(IDLE_CHECK_INTERVAL, self.idle_timeout or IDLE_CHECK_INTERVAL))
+        return min(waits) if waits else None
+
+    def check(self, now: float, open_sessions: int) -> str:
+        """"" to go on, "stop accepting", or the reason to exit."""
+        if self.accepting and self.timeout and now - self.started >= self.timeout:
+            self.accepting = False
+            return "stop accepting"
+        if not self.accepting and open_sessions == 0:
+            return "--timeout %s passed and no session is open" % config.format_number(self.timeout)
+        if self.idle_timeout:
+            if open_sessions:
+                self.idle_since = None
+            elif self.idle_since is None:
+                self.idle_since = now
+            elif now - self.idle_since >= self.idle_timeout:
+                return "--idle-timeout %s: no session open for that long" % (
+                    config.format_number(self.idle_timeout))
+        return ""
+
+
+def _reload(server: ProxyServer, settings: Settings, handlers: List[logging.Handler]) -> None:
+    """SIGHUP: reopen the log file, re-read tokens and credentials; sessions go on."""
+    reopen_logs(settings, handlers)
+    logger.info("SIGHUP: log reopened; reloading the token source and the auth file")
+    try:
+        server.reload()
+    except (ConfigError, OSError) as exc:
+        logger.error("SIGHUP: reload failed, keeping the previous tables: %s", exc)
+
+
+def _stop(server: ProxyServer) -> int:
+    """Stop accepting, close sessions with 1001 (waiting a few seconds), release the port."""
     server.shutdown()
     server.server_close()
+    logger.info("stopped")
     return 0
+
+
+def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:
+    if settings.unix_listen:
+        return "unix:%s (mode %04o)" % (settings.unix_listen, settings.unix_listen_mode)
+    port = server.server_address[1] if server is not None else settings.listen_port
+    host = settings.listen_host or "*"
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
 def _target_text(settings: Settings) -> str:
     if settings.unix_target:
         return "unix:" + settings.unix_target
-    return "%s:%s" % (settings.target_host, settings.target_port)
+    if settings.target_host:
+        return config.format_target(settings)
+    return "the targets of --token-source %s" % settings.token_source

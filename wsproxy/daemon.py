@@ -1,4 +1,4 @@
-"""Running in the background: double fork, ``setsid``, pid file.
+"""Running in the background: double fork, ``setsid``, pid file, output streams.
 
 The server socket is bound *before* :func:`detach` so a bind error reaches
 the launching terminal; the launching process exits 0 only once the daemon
@@ -6,6 +6,7 @@ reports it is ready (the socket already listens by then).
 """
 
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -33,12 +34,20 @@ def detach(log_path: Optional[str] = None) -> int:
         os._exit(0)
     os.chdir("/")
     os.umask(0o022)
-    _redirect_standard_streams(log_path)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    redirect_output(log_path)
     return write_end
 
 
 def _wait_for_daemon(read_end: int) -> None:
     """In the launcher: exit 0 on "ready", 1 with the daemon's message otherwise."""
+    # The daemon's signal handlers were inherited; the launcher keeps the
+    # default ones so that SIGTERM or Ctrl-C still ends it while it waits.
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     chunks = []
     while True:
         data = os.read(read_end, 4096)
@@ -61,19 +70,24 @@ def report_ready(pipe: int, message: str = "ready") -> None:
         os.close(pipe)
 
 
-def _redirect_standard_streams(log_path: Optional[str]) -> None:
+def redirect_output(log_path: Optional[str]) -> None:
+    """Point standard output and error at ``log_path`` (appended) or ``/dev/null``.
+
+    Called by :func:`detach`, and again on SIGHUP so that stray output
+    follows a rotated log file.  Raises ``OSError`` if ``log_path`` cannot
+    be opened (the streams are then left as they were).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
-    null = os.open(os.devnull, os.O_RDWR)
-    out = null
     if log_path:
         out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    if out != null:
+    else:
+        out = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+    finally:
         os.close(out)
-    os.close(null)
 
 
 def write_pid_file(path: str) -> None:

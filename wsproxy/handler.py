@@ -24,7 +24,6 @@ from .protocol import handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
 from .protocol.handshake import Request
-from .record import Recorder
 from .relay import Relay
 from .session import SessionInfo, format_address
 from .settings import Settings
@@ -61,7 +60,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.session: Optional[SessionInfo] = None
         self.relay: Optional[Relay] = None
         self.target_stream: Optional[SocketStream] = None
-        self.recorder: Optional[Recorder] = None
+        self.recorder = None  # a wsproxy.record.Recorder with --record
         self.remote_address = self.client_address
         self.user: Optional[str] = None
         prepare = getattr(self.server, "prepare_connection", None)
@@ -237,7 +236,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         return self.stream.recv_into(chunk)
 
     def _dispatch(self, request: Request, rest: bytes) -> None:
-        if not handshake.is_upgrade(request):
+        if not handshake.is_websocket_attempt(request):
             self.handle_http(request)
             return
         if hixie.is_hixie(request.headers):
@@ -437,6 +436,10 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
 
     def _open_recorder(self, base_path: str):
         """The session's recorder at ``base_path.N``: never overwrites a file."""
+        # Imported here: ``python3 -m wsproxy.record`` must not find the
+        # module already loaded by the package import (runpy warns then).
+        from .record import Recorder
+
         number = self.number
         problem = "no free recording number"
         for _attempt in range(1000):

@@ -5,17 +5,18 @@ writes), so each stream must be safe for one reader and one writer in
 parallel.  A plain socket is.  An ``ssl.SSLSocket`` is not: OpenSSL forbids
 two threads in one TLS connection, and a TLS 1.3 KeyUpdate makes OpenSSL
 write from inside a read.  :class:`TLSStream` therefore drives TLS through
-``ssl.MemoryBIO`` and an ``SSLObject`` touched only under ``_tls_lock``,
-while the raw socket reads and writes happen outside that lock, so neither
-direction waits for the other's network I/O.
+``ssl.MemoryBIO`` and an ``SSLObject`` touched only under a lock, while the
+raw socket reads and writes happen outside it, so neither direction waits
+for the other's network I/O.
 """
 
+import collections
 import io
 import socket
 import ssl
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Deque, Optional, Sequence
 
 #: sendmsg accepts at most IOV_MAX (1024 on Linux) buffers at once.
 _MAX_IOV = 512
@@ -100,11 +101,14 @@ class SocketStream:
 class TLSStream(SocketStream):
     """TLS over a socket via ``MemoryBIO``: one reader and one writer may run at once.
 
-    Lock order is always ``_tls_lock`` then ``_send_lock``; ciphertext is
-    taken from the outgoing BIO under ``_tls_lock`` and the send lock is
-    taken before that lock is released, so records reach the wire in the
-    order OpenSSL produced them.  No thread holds ``_tls_lock`` during
-    network I/O.
+    The ``SSLObject`` and its two BIOs are touched only under ``_tls_lock``,
+    never held during network I/O.  Ciphertext leaves the outgoing BIO under
+    that lock into ``_ciphertext``, a queue in the order OpenSSL produced
+    it, and is sent from there by whichever thread holds ``_send_lock``.
+    A writer waits for that lock (it must not outrun the network); a reader
+    that has something to send (a TLS 1.3 KeyUpdate answer, an alert) never
+    does: if the writer is sending, the writer sends the reader's records
+    too, so reading goes on while the writer is blocked on a slow peer.
     """
 
     secure = True
@@ -118,6 +122,7 @@ class TLSStream(SocketStream):
                                      server_side=server_side, server_hostname=server_hostname)
         self._tls_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._ciphertext = collections.deque()  # type: Deque[bytes]
         self._eof = False
 
     @property
@@ -128,25 +133,27 @@ class TLSStream(SocketStream):
     def do_handshake(self, timeout: Optional[float]) -> None:
         """Run the TLS handshake within ``timeout`` seconds overall.
 
-        Raises ``ssl.SSLError`` for a failed handshake, ``socket.timeout``
-        when the deadline passes, ``ConnectionError`` when the peer leaves.
+        Raises ``ssl.SSLError`` for a failed handshake (after sending the
+        alert OpenSSL chose, RFC 8446 §6.2, so the peer learns why),
+        ``socket.timeout`` when the deadline passes, ``ConnectionError``
+        when the peer leaves.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            failure = None  # type: Optional[ssl.SSLError]
             with self._tls_lock:
                 try:
                     self._tls.do_handshake()
                     done = True
                 except ssl.SSLWantReadError:
                     done = False
-                except ssl.SSLError:
-                    # Send the alert OpenSSL wrote (RFC 8446 §6.2: e.g.
-                    # protocol_version), so the peer learns why.
-                    self._send_alert_locked()
-                    raise
-                outgoing = self._outgoing.read()
-            if outgoing:
-                self.sock.sendall(outgoing)
+                except ssl.SSLError as exc:
+                    failure = exc
+                self._take_ciphertext_locked()
+            if failure is not None:
+                self._send_alert()
+                raise failure
+            self._send_queued(wait=True)
             if done:
                 return
             if deadline is not None:
@@ -160,38 +167,48 @@ class TLSStream(SocketStream):
             with self._tls_lock:
                 self._incoming.write(data)
 
-    def _send_alert_locked(self) -> None:
-        """Under ``_tls_lock``, after a fatal TLS error: best-effort send of the alert."""
-        alert = self._outgoing.read()
-        # Never block here: the writer may be stuck on a peer that reads nothing.
-        if not alert or not self._send_lock.acquire(timeout=_ALERT_SEND_TIMEOUT):
+    # -- sending ciphertext, in order ---------------------------------------------------
+
+    def _take_ciphertext_locked(self) -> None:
+        """Under ``_tls_lock``: queue what OpenSSL wrote, keeping its order."""
+        if self._outgoing.pending:
+            self._ciphertext.append(self._outgoing.read())
+
+    def _send_queued(self, wait: bool) -> None:
+        """Send the queued ciphertext in order.
+
+        ``wait`` False: when another thread holds the send lock, return at
+        once; that thread checks the queue again after releasing the lock,
+        so nothing queued is left behind.
+        """
+        queue = self._ciphertext
+        while queue:
+            if not self._send_lock.acquire(blocking=wait):
+                return
+            try:
+                while queue:
+                    self.sock.sendall(queue.popleft())
+            finally:
+                self._send_lock.release()
+
+    def _send_alert(self) -> None:
+        """After a fatal TLS error: send the queued alert if it goes at once; never block."""
+        if not self._send_lock.acquire(timeout=_ALERT_SEND_TIMEOUT):
             return
         try:
-            self.sock.send(alert, _DONTWAIT)
+            while self._ciphertext:
+                self.sock.send(self._ciphertext.popleft(), _DONTWAIT)
         except OSError:
             pass
         finally:
             self._send_lock.release()
 
-    def _flush_locked(self) -> Optional[bytes]:
-        """Under ``_tls_lock``: take pending ciphertext and the send lock with it."""
-        if not self._outgoing.pending:
-            return None
-        data = self._outgoing.read()
-        self._send_lock.acquire()
-        return data
-
-    def _send_flushed(self, data: Optional[bytes]) -> None:
-        if data is None:
-            return
-        try:
-            self.sock.sendall(data)
-        finally:
-            self._send_lock.release()
+    # -- the stream interface ---------------------------------------------------------
 
     def recv_into(self, buffer) -> int:
         size = len(buffer)
         while True:
+            failure = None  # type: Optional[ssl.SSLError]
             with self._tls_lock:
                 try:
                     count = self._tls.read(size, buffer)
@@ -199,14 +216,16 @@ class TLSStream(SocketStream):
                     count = -1
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     count = 0
-                except ssl.SSLError:
-                    if self._eof:
-                        count = 0
-                    else:
-                        self._send_alert_locked()
-                        raise
-                pending = self._flush_locked()
-            self._send_flushed(pending)
+                except ssl.SSLError as exc:
+                    count = 0
+                    if not self._eof:
+                        failure = exc
+                self._take_ciphertext_locked()
+            if failure is not None:
+                self._send_alert()
+                raise failure
+            # A read may have produced records to send (a KeyUpdate answer).
+            self._send_queued(wait=False)
             if count >= 0:
                 return count
             if self._eof:
@@ -223,8 +242,8 @@ class TLSStream(SocketStream):
         data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
         with self._tls_lock:
             self._tls.write(data)
-            pending = self._flush_locked()
-        self._send_flushed(pending)
+            self._take_ciphertext_locked()
+        self._send_queued(wait=True)
 
     def shutdown_write(self) -> None:
         """Send TLS close_notify, then TCP EOF."""
@@ -234,8 +253,8 @@ class TLSStream(SocketStream):
                     self._tls.unwrap()
                 except ssl.SSLError:
                     pass
-                pending = self._flush_locked()
-            self._send_flushed(pending)
+                self._take_ciphertext_locked()
+            self._send_queued(wait=True)
         except (OSError, ValueError):
             pass
         super().shutdown_write()

@@ -94,6 +94,9 @@ class Connection:
                 view = self._complete_header(view)
                 if view is None:
                     return out
+                if self._remaining == 0:
+                    # A frame without payload ends with its header.
+                    self._on_payload(b"", True, out)
             self._parse(view, out)
         except ProtocolError as exc:
             self._fail(exc)
@@ -148,7 +151,25 @@ class Connection:
         if end - pos < 2:
             return 0
         first, second = buf[pos], buf[pos + 1]
+        opcode = first & 0x0F
+        fin = bool(first & 0x80)
         length = second & 0x7F
+        # Checks on the first two bytes come before waiting for the rest of
+        # the header: a whole unmasked frame may be shorter than a masked header.
+        if first & 0x70:
+            # §5.2: RSV bits "MUST be 0 unless an extension is negotiated".
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+        if not second & 0x80:
+            # §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked client frame")
+        if opcode not in KNOWN_OPCODES:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
+        if opcode >= 8:
+            # §5.5: control frames MUST NOT be fragmented and carry at most 125 bytes.
+            if not fin:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
         size = 6
         if length == 126:
             size = 8
@@ -165,22 +186,7 @@ class Connection:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
         elif end - pos < size:
             return 0
-        if first & 0x70:
-            # §5.2: RSV bits "MUST be 0 unless an extension is negotiated".
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
-        if not second & 0x80:
-            # §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked client frame")
-        opcode = first & 0x0F
-        fin = bool(first & 0x80)
         if opcode >= 8:
-            if opcode not in KNOWN_OPCODES:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
-            # §5.5: control frames MUST NOT be fragmented and carry at most 125 bytes.
-            if not fin:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
-            if length > MAX_CONTROL_PAYLOAD:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
             self._control = bytearray()
         else:
             self._start_data_frame(opcode, fin, length)

@@ -124,6 +124,21 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in request.header_tokens("upgrade")
 
 
+_WEBSOCKET_HEADERS = ("upgrade", "sec-websocket-key", "sec-websocket-version",
+                      "sec-websocket-key1", "sec-websocket-protocol")
+
+
+def is_websocket_attempt(request: Request) -> bool:
+    """True when the request carries any sign of a WebSocket handshake.
+
+    Such a request is answered as a (possibly broken) handshake: 400/426
+    when it is wrong.  A request with none of them is plain HTTP (web root,
+    status page, or 405).
+    """
+    return (any(name in request.headers for name in _WEBSOCKET_HEADERS)
+            or "upgrade" in request.header_tokens("connection"))
+
+
 def check_rfc6455(request: Request) -> str:
     """Validate an RFC 6455 opening handshake (§4.2.1); return the client's key.
 
