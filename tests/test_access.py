@@ -11,13 +11,17 @@ accept count is checked.
 
 import base64
 import os
+import select
+import socket
 import ssl
+import threading
 import unicodedata
+from typing import List
 
 import pytest
 
 import certs
-from conftest import wait_until
+from conftest import THREAD_DEADLINE, wait_until
 from wsclient import ClientError, OP_BINARY, WSClient
 
 PAYLOAD = b"\x01access\xfe"
@@ -54,7 +58,7 @@ def refused(proxy_run, status, **request_options):
 
 
 @pytest.mark.parametrize("origin", ["http://evil", "http://good.evil", "https://good",
-                                    "http://good:80", "HTTP://GOOD", "null", None])
+                                    "http://good:8080", "null", None])
 def test_origin_not_listed_is_403(proxy, echo_target, wsproxy_log, origin):
     running = proxy(origin=["http://good"])
     refused(running, 403, headers={"Origin": origin})
@@ -199,7 +203,8 @@ def test_verify_client_refuses_a_client_without_certificate(tls_proxy, pki, echo
                                                            wsproxy_log):
     outcome = tls_session_outcome(tls_proxy.port, client_context(pki))
     assert outcome.startswith("refused"), outcome
-    wsproxy_log.wait_for(lambda text: "TLS" in text, what="a log line about the failed TLS handshake")
+    wsproxy_log.wait_for(lambda text: "TLS" in text,
+                         what="a log line about the failed TLS handshake")
     assert tls_session_outcome(tls_proxy.port, client_context(pki, pki.cert, pki.key)) == "ok"
     assert len(echo_target.connections) == 1
 
@@ -249,6 +254,115 @@ def test_max_connections_refuses_with_503_until_one_closes(proxy, echo_target, w
     close_cleanly(third)
     # Three sessions reached the target; the two refused handshakes did not.
     assert len(echo_target.connections) == 3
+
+
+class GatedTLSTarget:
+    """A TLS echo target that accepts at once but starts TLS only when ``gate`` is set.
+
+    Holding the gate keeps the proxy's handshakes in flight between the
+    capacity check and the start of the session, so concurrent handshakes
+    really overlap there.
+    """
+
+    def __init__(self, pki) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(pki.cert, pki.key)
+        self.gate = threading.Event()
+        self.accepted = 0
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self._socks = []  # type: List[socket.socket]
+        self._threads = []  # type: List[threading.Thread]
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                               name="gated-tls-accept")
+        self._accept_thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._socks.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True,
+                                      name="gated-tls-conn")
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            if not self.gate.wait(THREAD_DEADLINE * 2):
+                return
+            sock.settimeout(THREAD_DEADLINE)
+            with self.context.wrap_socket(sock, server_side=True) as tls:
+                tls.settimeout(None)
+                while True:
+                    data = tls.recv(65536)
+                    if not data:
+                        return
+                    tls.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        self.gate.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self._accept_thread.join(THREAD_DEADLINE)
+        for sock in self._socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(THREAD_DEADLINE)
+
+
+def test_max_connections_holds_for_concurrent_handshakes(proxy, pki):
+    target = GatedTLSTarget(pki)
+    clients = []
+    try:
+        running = proxy(target_port=target.port, ssl_target=True, target_cafile=pki.ca,
+                        max_connections=2)
+        for _ in range(4):
+            client = running.client()
+            client.send_request(protocols=["binary"])
+            clients.append(client)
+        # A correct limit lets two handshakes through and answers the others
+        # 503 at once; wait until that happened, or until more than two
+        # reached the target (the limit was not enforced).
+        wait_until(lambda: target.accepted >= 2, message="two sessions to reach the target")
+        answered = []
+
+        def settled():
+            for client in clients:
+                if client not in answered and client.sock in select.select(
+                        [c.sock for c in clients], [], [], 0)[0]:
+                    answered.append(client)
+            return len(answered) >= 2 or target.accepted > 2
+
+        wait_until(settled, message="two handshakes refused or more than two let through")
+        target.gate.set()
+        statuses = sorted(client.read_response().status for client in clients)
+        opened = [client for client in clients if client.response.status == 101]
+        for client in opened:
+            echo_once(client)
+            close_cleanly(client)
+        assert statuses == [101, 101, 503, 503], (
+            "max_connections=2 with 4 concurrent handshakes gave %s; %d reached the target"
+            % (statuses, target.accepted))
+    finally:
+        for client in clients:
+            client.close()
+        target.stop()
 
 
 # -- trusted proxies ----------------------------------------------------------------------

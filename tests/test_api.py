@@ -30,7 +30,7 @@ from wsproxy import (CloseCode, ConfigError, HandshakeError, ProtocolError, Prox
                      ProxyServer, Request, SessionInfo, Settings, Target)
 
 from conftest import EXIT_DEADLINE, ROOT, THREAD_DEADLINE, child_env, echo_round_trip, wait_until
-from wsclient import OP_BINARY, DEFAULT_TIMEOUT, WSClient, open_session
+from wsclient import DEFAULT_TIMEOUT, OP_BINARY, WSClient, open_session
 
 #: The names the embedding documentation promises, and nothing else.
 DOCUMENTED = {
@@ -564,11 +564,11 @@ def test_client_data_transforms_and_target_data_observes(serve, echo_target):
 def test_target_data_transforms_what_the_client_receives(serve, make_target):
     target = make_target(send_on_connect=b"abc" * 1000, close_after_send=True)
 
-    class Lowering(ProxyRequestHandler):
+    class Filtering(ProxyRequestHandler):
         def target_data(self, data):
             return bytes(data).replace(b"b", b"")
 
-    served = serve(proxy_to(target.port, Lowering))
+    served = serve(proxy_to(target.port, Filtering))
     with open_session(served.port, protocols=["binary"]) as ws:
         assert ws.recv_stream(2000) == b"ac" * 1000
         assert ws.recv_close()[0] == 1000
@@ -678,8 +678,8 @@ def test_handler_relays_in_a_plain_standard_library_server(serve, echo_target, s
     assert session.target == Target(host="127.0.0.1", port=echo_target.port)
     assert (session.bytes_from_client, session.bytes_to_client) == (len(payload), len(payload))
     assert session.close_code == 1000
-    # Hooks work there too: a refusal is answered by the handler alone.
 
+    # A refusal is answered by the handler alone, without the wsproxy server.
     class Refusing(Mounted):
         def check_request(self, request):
             return 403

@@ -211,9 +211,9 @@ def results_over_devtools(binary: str, profile: str, url: str) -> Dict[str, str]
         port = read_active_port(profile, deadline, browser)
         devtools = DevTools(port, page_websocket_path(port, url, deadline))
         try:
-            expression = ("JSON.stringify({binary: (document.getElementById('binary') || {}).textContent,"
-                          " base64: (document.getElementById('base64') || {}).textContent,"
-                          " done: (document.getElementById('done') || {}).textContent})")
+            expression = "JSON.stringify({%s})" % ", ".join(
+                "%s: (document.getElementById('%s') || {}).textContent" % (name, name)
+                for name in SUBPROTOCOLS + ("done",))
             while True:
                 value = devtools.evaluate(expression)
                 results = json.loads(value) if value else {}

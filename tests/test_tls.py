@@ -59,11 +59,12 @@ class TLSClient(WSClient):
     """
 
     def __init__(self, port: int, context: ssl.SSLContext, server_hostname: str = "localhost",
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, suppress_ragged_eofs: bool = True) -> None:
         super().__init__(port, timeout=timeout)
         raw = self.sock
         try:
-            self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
+            self.sock = context.wrap_socket(raw, server_hostname=server_hostname,
+                                            suppress_ragged_eofs=suppress_ragged_eofs)
         except BaseException:
             raw.close()
             raise
@@ -156,6 +157,34 @@ def test_tls12_client_accepted_by_default(proxy, tls_files):
         echo_session(wss)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "handler.py: the client's TLSStream is never shut down; the raw socket is closed "
+    "without close_notify"))
+@pytest.mark.parametrize("closer", ["client", "target"])
+def test_wss_session_ends_with_close_notify(proxy, make_target, tls_files, closer):
+    # RFC 8446 §6.1: each party MUST send close_notify before closing its
+    # write side.  A client that does not forgive a truncated TLS stream
+    # must see a clean end after the WebSocket closing handshake.
+    target = make_target(close_after=5) if closer == "target" else make_target()
+    running = proxy(target=target, cert=tls_files.cert, key=tls_files.key)
+    with TLSClient(running.port, client_context(tls_files.ca),
+                   suppress_ragged_eofs=False) as wss:
+        wss.handshake(protocols=["binary"])
+        wss.send_binary(b"12345")
+        assert wss.recv_stream(5) == b"12345"
+        if closer == "client":
+            wss.send_close(1000)
+            assert wss.recv_close() == (1000, "")
+        else:
+            assert wss.recv_close()[0] == 1000
+            wss.send_close(1000)
+        try:
+            rest = wss.expect_closed()
+        except ssl.SSLEOFError as exc:
+            pytest.fail("TLS stream cut without close_notify: %s" % exc)
+        assert rest == b""
+
+
 # -- refusals and failures: one log line each, no traceback -------------------------
 
 
@@ -167,6 +196,7 @@ def test_ssl_only_refuses_plain_without_an_answer(proxy, tls_files, wsproxy_log)
         client_port = ws.local_port
     wsproxy_log.wait_for(lambda text: "127.0.0.1:%d" % client_port in text
                          and "ssl-only" in text, what="the --ssl-only refusal")
+    assert len(lines_about(wsproxy_log, client_port)) == 1, lines_about(wsproxy_log, client_port)
     with TLSClient(running.port, client_context(tls_files.ca)) as wss:
         echo_session(wss)
 
@@ -184,17 +214,21 @@ def test_tls_hello_without_certificate_is_closed_and_logged(proxy, tls_files, ws
     assert len(lines_about(wsproxy_log, client_port)) == 1
 
 
-def test_broken_tls_hello_is_one_log_line(proxy, tls_files, wsproxy_log):
+@pytest.mark.parametrize("hello", [
+    b"\x16\x03\x01" + b"junk" * 30,                        # TLS record header, then junk
+    b"\x16\x03\x01\x00\x30" + b"\x01" + b"\xff" * 47,        # a plausible record, bad hello
+    b"\x80\x2e\x01\x00\x02" + b"\x00" * 41,                  # SSLv2-format hello
+], ids=["junk", "bad-hello-body", "sslv2"])
+def test_broken_tls_hello_is_one_log_line(proxy, tls_files, wsproxy_log, hello):
     running = proxy(cert=tls_files.cert, key=tls_files.key)
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         client_port = sock.getsockname()[1]
-        sock.sendall(b"\x16\x03\x01" + b"junk" * 30)
+        sock.sendall(hello)
         answer = wait_closed(sock, 5)
     # At most a TLS alert record (content type 21) may come back, nothing else.
     assert answer == b"" or answer[:1] == b"\x15", answer[:50]
     wsproxy_log.wait_for(lambda text: "127.0.0.1:%d" % client_port in text,
                          what="a log line for the broken hello")
-    wait_until(lambda: len(wsproxy_log.messages()) > 0, 1)
     assert len(lines_about(wsproxy_log, client_port)) == 1, lines_about(wsproxy_log, client_port)
     wsproxy_log.assert_no_traceback()
     # The server is still fine.
@@ -229,6 +263,19 @@ def test_tls_handshake_timeout_closes(proxy, tls_files, wsproxy_log):
                                 what="the TLS timeout log line")
     assert "timed out" in line, line
     assert len(lines_about(wsproxy_log, client_port)) == 1
+
+
+def test_silence_after_the_tls_handshake_times_out(proxy, tls_files, wsproxy_log):
+    running = proxy(cert=tls_files.cert, key=tls_files.key, handshake_timeout=0.5)
+    with TLSClient(running.port, client_context(tls_files.ca)) as wss:
+        client_port = wss.local_port
+        started = time.monotonic()
+        assert wss.expect_closed(timeout=3.0) == b""
+        elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 2.0, elapsed
+    line = wsproxy_log.wait_for(lambda text: "127.0.0.1:%d" % client_port in text,
+                                what="the handshake timeout log line")
+    assert "timed out" in line, line
 
 
 def test_trickled_client_hello_is_bounded_by_the_handshake_timeout(proxy, tls_files):
@@ -316,9 +363,13 @@ def test_silent_and_one_byte_clients_do_not_delay_others(proxy, tls_files):
             sock = socket.create_connection(("127.0.0.1", running.port), timeout=5)
             idle.append(sock)
             sock.sendall(first)
-        # Every idle connection is accepted and has its own thread waiting on it.
-        wait_until(lambda: threading.active_count() - threads_before >= len(idle), 5,
-                   "the server to accept all %d idle connections" % len(idle))
+        # Give the server the chance to accept them all (with a thread per
+        # connection, each has its thread waiting); go on regardless: the
+        # real client must be served either way.
+        deadline = time.monotonic() + 2.0
+        while (threading.active_count() - threads_before < len(idle)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
         for make in (lambda: WSClient(running.port, timeout=5),
                      lambda: TLSClient(running.port, client_context(tls_files.ca), timeout=5)):
             started = time.monotonic()
@@ -655,7 +706,7 @@ def test_stalled_downstream_never_stalls_upstream(proxy, tls_files, scheme):
                 if updater is not None:
                     assert updater.request(client.sock)
                 client.send_binary(b"u" * 1000)
-                wait_until(lambda: target.received >= 1000 * number, 5,
+                wait_until(lambda: target.received >= 1000 * number, 2,
                            "frame %d to reach the target past a stalled downstream "
                            "(it had %d bytes before)" % (number, target.received))
     finally:

@@ -193,7 +193,42 @@ def _check_complete(values: Dict[str, Any]) -> None:
 # -- logging --------------------------------------------------------------------------
 
 
-class ReopeningFileHandler(logging.FileHandler):
+class _OneLineErrors:
+    """A handler mixin: a failed write is reported as one line on standard
+    error (once per run of failures), never as logging's traceback."""
+
+    _failed = False
+    _reported = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)  # type: ignore[misc]
+        if not self._failed:
+            self._reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._failed = True
+        if self._reported:
+            return
+        self._reported = True
+        problem = sys.exc_info()[1]
+        try:
+            sys.stderr.write("wsproxy: cannot write a log line (%s): %s\n"
+                             % (type(self).__name__, problem))
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _StderrHandler(_OneLineErrors, logging.StreamHandler):
+    """Log lines on standard error."""
+
+
+class _SysLogHandler(_OneLineErrors, logging.handlers.SysLogHandler):
+    """Log lines to syslog; an unreachable syslog is reported once, in one line."""
+
+
+class ReopeningFileHandler(_OneLineErrors, logging.FileHandler):
     """A log file that :meth:`reopen` opens again at the same path (log rotation)."""
 
     def reopen(self) -> None:
@@ -227,7 +262,7 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
     if settings.syslog is not None:
         handlers.append(_syslog_handler(settings.syslog))
     if not handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
     return handlers
@@ -245,8 +280,7 @@ def _syslog_handler(address_text: str) -> logging.Handler:
         # that does not exist at start is far more likely a typo.
         raise ConfigError("--syslog: no such socket: %s" % address)
     try:
-        handler = logging.handlers.SysLogHandler(
-            address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = _SysLogHandler(address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     except OSError as exc:
         where = address if isinstance(address, str) else "%s:%d" % address
         raise ConfigError("--syslog: cannot log to %s: %s" % (where, exc.strerror or exc)) from None
@@ -427,6 +461,7 @@ def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handl
     serving.start()
     logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
                 _target_text(settings))
+    logger.debug("options in effect (besides the defaults): %s", _changed_options(settings))
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
     lifetime = _Lifetime(settings, time.monotonic())
@@ -507,6 +542,13 @@ def _stop(server: ProxyServer) -> int:
     server.server_close()
     logger.info("stopped")
     return 0
+
+
+def _changed_options(settings: Settings) -> str:
+    changed = ["%s=%s" % (option.key, config.format_value(option, getattr(settings, option.field)))
+               for option in config.OPTION_FOR_FIELD.values()
+               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
+    return ", ".join(changed) or "none"
 
 
 def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:

@@ -35,6 +35,7 @@ import socketserver
 logger = logging.getLogger("wsproxy")
 
 TargetChoice = Union[Target, socket.socket]
+Payload = Union[bytes, bytearray, memoryview]
 _READ_CHUNK = 4096
 
 
@@ -163,7 +164,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def session_ended(self, session: SessionInfo) -> None:
         """Called once both directions have ended; byte counts and close code are final."""
 
-    def client_data(self, data: memoryview):
+    def client_data(self, data: memoryview) -> Optional[Payload]:
         """Observe or transform payload from the client before it reaches the target.
 
         Return the bytes to forward, or ``None`` to forward ``data`` as is.
@@ -172,7 +173,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         """
         return None
 
-    def target_data(self, data: memoryview):
+    def target_data(self, data: memoryview) -> Optional[Payload]:
         """Observe or transform bytes from the target before they are framed.
 
         Same contract as :meth:`client_data`.
@@ -252,7 +253,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             connection = Connection(subprotocol, self.settings.max_message_size)
         refusal = self.check_request(request)
         if refusal is not None:
-            raise HandshakeError(int(refusal), "refused")
+            status = int(refusal)
+            # Only an error status refuses; anything else would look like success.
+            raise HandshakeError(status if 400 <= status <= 599 else 403, "refused")
         limit = getattr(self.server, "check_capacity", None)
         if limit is not None:
             limit()
@@ -335,6 +338,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         """Connect to the chosen target; a failure refuses the handshake with 502."""
         if isinstance(choice, socket.socket):
             _nodelay(choice)
+            choice.settimeout(None)  # the relay blocks; an idle session is not an error
             return SocketStream(choice), "socket %s" % format_address(_peer(choice))
         target = choice
         timeout = self.settings.handshake_timeout

@@ -67,6 +67,7 @@ class Relay:
         self._client_lock = threading.Lock()
         self._upstream_done = threading.Event()
         self._downstream: Optional[threading.Thread] = None
+        self._watchdog: Optional[threading.Timer] = None
 
     # -- the session --------------------------------------------------------------
 
@@ -85,6 +86,8 @@ class Relay:
             self._finish_target()
             self._downstream.join()
             self._finished.set()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Close the session from outside (shutdown, timeouts): thread-safe.
@@ -98,6 +101,7 @@ class Relay:
         self._note_end(code, reason)
         watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
         watchdog.daemon = True
+        self._watchdog = watchdog
         watchdog.start()
         if self._client_lock.acquire(timeout=CLOSE_TIMEOUT):
             try:
@@ -163,6 +167,8 @@ class Relay:
         connection = self.connection
         payload = connection.receive_data(data)
         if payload:
+            for chunk in payload:
+                self.bytes_from_client += len(chunk)
             if self.on_client_data is not None:
                 chunk = payload[0] if len(payload) == 1 else b"".join(payload)
                 payload = [self.on_client_data(memoryview(chunk))]
@@ -173,8 +179,6 @@ class Relay:
                 self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
                 self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
                 return False
-            for chunk in payload:
-                self.bytes_from_client += len(chunk)
         self._flush()
         if connection.failure is not None:
             failure = connection.failure
@@ -220,6 +224,8 @@ class Relay:
                 data = view[:count]
                 if hook is not None:
                     data = hook(data)
+                    if not len(data):
+                        continue
                 with lock:
                     frames = connection.send_data(data)
                     if not frames:
@@ -228,7 +234,7 @@ class Relay:
                         client.sendall(frames)
                     except OSError:
                         break
-                self.bytes_to_client += count
+                self.bytes_to_client += len(data)
                 if count == len(buffer) and len(buffer) < _MAX_TARGET_BUFFER:
                     buffer = bytearray(_MAX_TARGET_BUFFER)
                     view = memoryview(buffer)

@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 class SessionInfo:
     """One proxied WebSocket session, as passed to the session hooks.
 
-    Fields: ``number`` (unique within the server process), ``client_address``
+    Fields: ``number`` (unique within one server, and across its ``--workers``), ``client_address``
     (the peer, or the forwarded client address from a trusted proxy),
     ``target`` (a :class:`~wsproxy.Target`, or a description of an embedder's
     socket), ``protocol`` (``"rfc6455"``, ``"hixie-76"`` or ``"hixie-75"``),
