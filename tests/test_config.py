@@ -107,7 +107,11 @@ class WsproxyProcess:
 
 @pytest.fixture
 def wsproxy_process(tmp_path):
-    """Factory: ``wsproxy_process(*args)`` starts ``python -m wsproxy ARGS``; stopped after the test."""
+    """Factory: ``wsproxy_process(*args)`` starts ``python -m wsproxy ARGS``.
+
+    Every process is stopped after the test, which fails if one printed a
+    traceback.
+    """
     started: List[WsproxyProcess] = []
 
     def start(*args: str, cwd: str = ROOT) -> WsproxyProcess:
@@ -386,9 +390,11 @@ def test_format_config_reads_back_equal():
 
 
 def test_print_config_round_trips_through_a_file(tmp_path):
-    args = ["-f", "--origin", "https://a.example", "--origin", "https://b.example,https://c.example",
+    args = ["-f", "--origin", "https://a.example",
+            "--origin", "https://b.example,https://c.example",
             "--handshake-timeout", "2.5", "--unix-listen-mode", "660", "--no-flash-policy",
-            "--trusted-proxy", "127.0.0.1", "--workers", "2", "--syslog", "--ssl-version", "tlsv1_3",
+            "--trusted-proxy", "127.0.0.1", "--workers", "2", "--syslog",
+            "--ssl-version", "tlsv1_3",
             "--record", "rec/session", "--status", "/status", "-v", "[::1]:8080", "localhost:5900"]
     first = run_wsproxy("--print-config", *args, cwd=str(tmp_path))
     assert first.returncode == 0, first.stderr

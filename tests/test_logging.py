@@ -215,7 +215,8 @@ def test_syslog_over_udp(wsproxy_process, echo_target):
         child = wsproxy_process("-f", "127.0.0.1:%d" % port, echo_target.address,
                                 "--syslog", "127.0.0.1:%d" % receiver.getsockname()[1])
         message = receive_until(receiver, "listening on")
-        assert message.startswith(DAEMON_INFO + "wsproxy[%d]: INFO listening on" % child.pid), message
+        expected = DAEMON_INFO + "wsproxy[%d]: INFO listening on" % child.pid
+        assert message.startswith(expected), message
         with open_session(port, protocols=["binary"]) as ws:
             echo(ws, b"hello")
             close_normally(ws)
@@ -223,7 +224,8 @@ def test_syslog_over_udp(wsproxy_process, echo_target):
     assert child.output() == "", "with --syslog alone nothing goes to standard error"
 
 
-def test_syslog_to_a_unix_socket_and_a_log_file_together(tmp_path, wsproxy_process, echo_target):
+def test_syslog_to_a_unix_socket_and_a_log_file_and_syslog_going_away(tmp_path, wsproxy_process,
+                                                                     echo_target):
     path = tmp_path / "log.sock"
     log = tmp_path / "wsproxy.log"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
@@ -234,6 +236,16 @@ def test_syslog_to_a_unix_socket_and_a_log_file_together(tmp_path, wsproxy_proce
         message = receive_until(receiver, "listening on")
         assert message.startswith(DAEMON_INFO + "wsproxy[%d]:" % child.pid), message
         child.wait_for(lambda: "listening on" in read_text(log), "the same line in the log file")
+    # The syslog socket is gone: one line on standard error, no traceback,
+    # and the log file and the sessions go on.
+    for _ in range(2):
+        with open_session(port, protocols=["binary"]) as ws:
+            echo(ws, b"syslog is down")
+            close_normally(ws)
+    child.wait_for(lambda: read_text(log).count("closed: target") == 2, "two closing lines")
+    child.wait_for(lambda: "cannot write a log line" in child.output(), "the syslog failure")
+    assert child.output().count("cannot write a log line") == 1, child.output()
+    assert "Traceback" not in child.output()
 
 
 def test_syslog_without_address_uses_the_local_syslog(wsproxy_process, echo_target):

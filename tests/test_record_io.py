@@ -8,6 +8,7 @@ is private (0600) and a second server run never overwrites it.
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -95,7 +96,6 @@ def test_recording_lines_are_javascript_strings(proxy, tmp_path):
     lines = content.split(b"\n")
     frames = lines[2:-2]
     assert frames, content
-    import re
     for line in frames:
         assert re.fullmatch(rb"'([{}])\d+\1(?:[^'\\\n\r]|\\.)*',", line), line
     assert any(line.startswith(b"'}") for line in frames)

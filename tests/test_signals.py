@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXIT_DEADLINE, free_port, wait_until
-from test_config import port_listens, wsproxy_process  # noqa: F401  (fixture)
+from test_config import port_listens, run_wsproxy, wsproxy_process  # noqa: F401  (fixture)
 from wsclient import accept_for, build_request, close_payload, encode_frame, open_session
 
 OP_BINARY, OP_CLOSE = 0x2, 0x8
@@ -283,7 +283,6 @@ def test_unix_listen_from_a_config_file_relative_to_it(tmp_path, wsproxy_process
 
 
 def test_unix_listen_in_a_missing_directory_exits_1(tmp_path, echo_target):
-    from test_config import run_wsproxy
     path = tmp_path / "no" / "such" / "ws.sock"
     result = run_wsproxy("-f", "--unix-listen", str(path), echo_target.address)
     assert result.returncode == 1

@@ -127,15 +127,15 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
     if args.config:
         values = config.read_config_file(args.config)
     options = _option_values(args)
+    options.update(_positional_values(args.listen, args.target, dict(values, **options)))
     # The command line replaces what the file said about the same thing.
-    if "unix_target" in options or args.target is not None:
+    if {"target_host", "unix_target"} & set(options):
         for name in ("target_host", "target_port", "unix_target"):
             values.pop(name, None)
-    if "verbose" in options or "quiet" in options:
+    if {"verbose", "quiet"} & set(options):
         values.pop("verbose", None)
         values.pop("quiet", None)
     values.update(options)
-    values.update(_positional_values(args.listen, args.target, values))
     _check_complete(values)
     return Settings(**values), args.print_config
 
@@ -197,6 +197,8 @@ class _OneLineErrors:
     """A handler mixin: a failed write is reported as one line on standard
     error (once per run of failures), never as logging's traceback."""
 
+    #: Where the lines go, for the error message.
+    destination = "the log"
     _failed = False
     _reported = False
 
@@ -213,8 +215,8 @@ class _OneLineErrors:
         self._reported = True
         problem = sys.exc_info()[1]
         try:
-            sys.stderr.write("wsproxy: cannot write a log line (%s): %s\n"
-                             % (type(self).__name__, problem))
+            sys.stderr.write("wsproxy: cannot write a log line to %s: %s\n"
+                             % (self.destination, problem))
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
@@ -257,6 +259,7 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
         except OSError as exc:
             raise ConfigError("--log-file: cannot open %s: %s"
                               % (settings.log_file, exc.strerror or exc)) from None
+        handler.destination = settings.log_file
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
     if settings.syslog is not None:
@@ -275,6 +278,7 @@ def _syslog_handler(address_text: str) -> logging.Handler:
         address = LOCAL_SYSLOG_SOCKET
     else:
         address = LOCAL_SYSLOG_UDP
+    where = address if isinstance(address, str) else "%s:%d" % address
     if isinstance(address, str) and not os.path.exists(address):
         # SysLogHandler would wait quietly for the socket to appear; a path
         # that does not exist at start is far more likely a typo.
@@ -282,8 +286,8 @@ def _syslog_handler(address_text: str) -> logging.Handler:
     try:
         handler = _SysLogHandler(address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     except OSError as exc:
-        where = address if isinstance(address, str) else "%s:%d" % address
         raise ConfigError("--syslog: cannot log to %s: %s" % (where, exc.strerror or exc)) from None
+    handler.destination = "syslog at %s" % where
     handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
     return handler
 
@@ -297,7 +301,11 @@ def _is_socket(path: str) -> bool:
 
 def configure_logging(settings: Settings, handlers: List[logging.Handler]) -> None:
     """Send the ``wsproxy`` logger to ``handlers`` at the level -v/-q ask for."""
-    level = logging.DEBUG if settings.verbose else logging.WARNING if settings.quiet else logging.INFO
+    level = logging.INFO
+    if settings.verbose:
+        level = logging.DEBUG
+    elif settings.quiet:
+        level = logging.WARNING
     for handler in handlers:
         logger.addHandler(handler)
     logger.setLevel(level)
@@ -534,6 +542,8 @@ def _reload(server: ProxyServer, settings: Settings, handlers: List[logging.Hand
         server.reload()
     except (ConfigError, OSError) as exc:
         logger.error("SIGHUP: reload failed, keeping the previous tables: %s", exc)
+    except Exception:  # a bug: keep serving, and leave the details in the log
+        logger.exception("SIGHUP: reload failed")
 
 
 def _stop(server: ProxyServer) -> int:

@@ -377,11 +377,11 @@ def _field_default(field_name: str) -> Any:
 def option_value(option: Option, raw: Any, base_dir: str = "") -> Any:
     """The field value for ``option`` given ``raw`` text (or a list of texts).
 
-    A ``bool`` passes through (argparse already made it one; ``negates``
-    is the caller's business); an empty text
-    means "unset" (None, or [] for a list) where the field's default is
-    None or a list.  Raises :class:`ConfigError` saying what was expected,
-    without the option's name (the caller knows where the value came from).
+    A ``bool`` passes through (argparse already made it one; ``negates`` is
+    the caller's business).  An empty text means "unset": None where the
+    field's default is None, [] for a list, an error otherwise.  Raises
+    :class:`ConfigError` saying what was expected, without the option's
+    name (the caller knows where the value came from).
     """
     kind = KINDS[option.kind]
     base_dir = base_dir or os.getcwd()
@@ -504,8 +504,11 @@ def _describe_parse_error(exc: configparser.Error, source: str, text: str) -> st
         return "%s:%d: expected a [%s] section header before %r" % (
             source, exc.lineno, SECTION, exc.line.strip())
     if isinstance(exc, configparser.DuplicateOptionError):
-        return ("%s:%d: key %r given twice; give a list in one key instead (several lines "
-                "or comma-separated)" % (source, exc.lineno, exc.option))
+        option = CONFIG_KEYS.get(exc.option.replace("_", "-"), (None, False))[0]
+        hint = ""
+        if option is not None and KINDS[option.kind].many:
+            hint = "; for several values give one key with several lines or a comma list"
+        return "%s:%d: key %r given twice%s" % (source, exc.lineno, exc.option, hint)
     if isinstance(exc, configparser.DuplicateSectionError):
         return "%s:%d: section [%s] given twice" % (source, exc.lineno, exc.section)
     if isinstance(exc, configparser.ParsingError) and exc.errors:

@@ -63,10 +63,13 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.target_stream: Optional[SocketStream] = None
         self.recorder = None  # a wsproxy.record.Recorder with --record
         self.remote_address = self.client_address
+        self._capacity_reserved = False
         self.user: Optional[str] = None
+        #: One deadline for the whole handshake: sniff, TLS and HTTP.
+        self.handshake_deadline = time.monotonic() + self.settings.handshake_timeout
         prepare = getattr(self.server, "prepare_connection", None)
         if prepare is not None:
-            prepared = prepare(self.request, self.client_address)
+            prepared = prepare(self.request, self.client_address, self.handshake_deadline)
         else:
             prepared = (SocketStream(self.request), b"")
         self.stream = prepared[0] if prepared else None
@@ -102,10 +105,14 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         finally:
             if self.target_stream is not None:
                 self.target_stream.close()
+            if self._capacity_reserved:
+                self.server.release_capacity()
 
     def finish(self) -> None:
         # rfile/wfile are unbuffered views of the stream: nothing to flush.
-        pass
+        # RFC 8446 §6.1: end a TLS connection with close_notify.
+        if self.stream is not None and self.stream.secure:
+            self.stream.shutdown_write()
 
     # -- hooks an embedder overrides ----------------------------------------------------
 
@@ -185,7 +192,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def _read_head(self) -> Tuple[Request, bytes]:
         """Read until the blank line ending the request head, within the deadline."""
         settings = self.settings
-        deadline = time.monotonic() + settings.handshake_timeout
+        deadline = self.handshake_deadline
         buffer = bytearray(self.initial_data)
         chunk = bytearray(_READ_CHUNK)
         while True:
@@ -256,9 +263,10 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             status = int(refusal)
             # Only an error status refuses; anything else would look like success.
             raise HandshakeError(status if 400 <= status <= 599 else 403, "refused")
-        limit = getattr(self.server, "check_capacity", None)
-        if limit is not None:
-            limit()
+        reserve = getattr(self.server, "check_capacity", None)
+        if reserve is not None:
+            reserve()
+            self._capacity_reserved = True
         choice = self.select_target(request)
         self.target_stream, target = self._connect(choice)
         self._send_raw(answer)
@@ -273,7 +281,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         protocol = "hixie-75"
         if hixie.is_hixie76(request.headers):
             protocol = "hixie-76"
-            deadline = time.monotonic() + self.settings.handshake_timeout
+            deadline = self.handshake_deadline
             buffer = bytearray(rest)
             chunk = bytearray(8)
             while len(buffer) < 8:

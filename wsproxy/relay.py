@@ -84,7 +84,12 @@ class Relay:
         finally:
             self._upstream_done.set()
             self._finish_target()
-            self._downstream.join()
+            # A client that stopped reading can hold the downstream pump in a
+            # write forever; after the grace time, abort it.
+            self._downstream.join(CLOSE_TIMEOUT)
+            if self._downstream.is_alive():
+                self.client.abort()
+                self._downstream.join()
             self._finished.set()
             if self._watchdog is not None:
                 self._watchdog.cancel()
@@ -109,6 +114,7 @@ class Relay:
                 self._flush_locked()
             finally:
                 self._client_lock.release()
+            self._flush()
         self.target.abort()
         if self._finished.is_set():
             watchdog.cancel()
@@ -136,6 +142,7 @@ class Relay:
             self._flush_locked()
         finally:
             self._client_lock.release()
+        self._flush()
         return True
 
     # -- client → target ----------------------------------------------------------
@@ -234,6 +241,8 @@ class Relay:
                         client.sendall(frames)
                     except OSError:
                         break
+                if connection.has_data_to_send:
+                    self._flush()  # control frames queued while we were writing
                 self.bytes_to_client += len(data)
                 if count == len(buffer) and len(buffer) < _MAX_TARGET_BUFFER:
                     buffer = bytearray(_MAX_TARGET_BUFFER)
@@ -254,10 +263,24 @@ class Relay:
         with self._client_lock:
             self.connection.send_close(code, reason)
             self._flush_locked()
+        self._flush()
 
     def _flush(self) -> None:
-        with self._client_lock:
-            self._flush_locked()
+        """Send queued control frames (pongs, close) without ever waiting.
+
+        If another thread is writing to the client, return at once: every
+        holder of ``_client_lock`` calls this again after releasing it, so
+        nothing queued is left behind, and a reader never blocks behind a
+        writer stuck on a client that stopped reading.
+        """
+        connection = self.connection
+        while connection.has_data_to_send:
+            if not self._client_lock.acquire(blocking=False):
+                return
+            try:
+                self._flush_locked()
+            finally:
+                self._client_lock.release()
 
     def _flush_locked(self) -> None:
         replies = self.connection.data_to_send()

@@ -69,6 +69,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
+        self._reserved = 0
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
@@ -137,18 +138,21 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return self.session_number_source()
         return next(self._numbers)
 
-    def prepare_connection(self, sock: socket.socket,
-                           client_address) -> Optional[Tuple[SocketStream, bytes]]:
+    def prepare_connection(self, sock: socket.socket, client_address,
+                           deadline: Optional[float] = None) -> Optional[Tuple[SocketStream, bytes]]:
         """Sniff the first bytes; answer Flash, wrap TLS, or refuse.
 
+        Runs in the connection's own thread, before ``deadline`` (a
+        ``time.monotonic()`` value; default ``handshake_timeout`` from now).
         Returns the client stream and any bytes already consumed, or None
         when the connection is finished here.
         """
         settings = self.settings
-        deadline = time.monotonic() + settings.handshake_timeout
+        if deadline is None:
+            deadline = time.monotonic() + settings.handshake_timeout
         peer = format_address(client_address)
         try:
-            sock.settimeout(settings.handshake_timeout)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             first = sock.recv(1, socket.MSG_PEEK)
             if not first:
                 return None
@@ -161,8 +165,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 if kind is sniff.ConnectionKind.FLASH_POLICY:
                     self._answer_flash(sock, peer)
                     return None
-            if settings.ssl_only:
-                logger.info("%s: plain connection refused (--ssl-only)", peer)
+            if settings.ssl_only or settings.verify_client:
+                logger.info("%s: plain connection refused (%s)", peer,
+                            "--ssl-only" if settings.ssl_only else "--verify-client needs TLS")
                 return None
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -218,10 +223,22 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     # -- sessions -------------------------------------------------------------------
 
     def check_capacity(self) -> None:
-        """Refuse a new session with 503 when ``max_connections`` are open."""
+        """Reserve a place for a new session, or refuse it with 503.
+
+        With ``max_connections``, at most that many sessions (counting those
+        still connecting to their target) exist at once; the handler gives
+        the place back with :meth:`release_capacity` when it is done.
+        """
         limit = self.settings.max_connections
-        if limit and len(self._sessions) >= limit:
-            raise HandshakeError(503, "too many sessions")
+        with self._sessions_lock:
+            if limit and self._reserved >= limit:
+                raise HandshakeError(503, "too many sessions (--max-connections %d)" % limit)
+            self._reserved += 1
+
+    def release_capacity(self) -> None:
+        """Give back the place taken by :meth:`check_capacity`."""
+        with self._sessions_lock:
+            self._reserved -= 1
 
     def register_session(self, handler: ProxyRequestHandler) -> None:
         """A session started relaying (called by the handler)."""

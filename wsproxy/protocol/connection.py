@@ -274,6 +274,11 @@ class Connection:
 
     # -- output ---------------------------------------------------------------
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` would return something."""
+        return bool(self._replies)
+
     def data_to_send(self) -> List[bytes]:
         """Pop the control frames queued for the client (pongs, close)."""
         replies = []

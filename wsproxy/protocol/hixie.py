@@ -14,10 +14,11 @@ return.
 """
 
 import binascii
+import collections
 import hashlib
 import re
 import struct
-from typing import List, Mapping, Optional, Tuple, Union
+from typing import Deque, List, Mapping, Optional, Tuple, Union
 
 from .errors import HandshakeError, ProtocolError
 
@@ -237,7 +238,9 @@ class HixieConnection:
         # How many bytes at the start of the buffered partial frame are known
         # to hold no 0xFF, so a frame fed in small pieces is scanned once.
         self._scanned = 0
-        self._outgoing = []  # type: List[bytes]
+        # Appended by the reading thread, drained by the writing one: a deque's
+        # append/popleft are atomic where a list swap is not.
+        self._outgoing = collections.deque()  # type: Deque[bytes]
 
     # -- reading ------------------------------------------------------------
 
@@ -322,8 +325,16 @@ class HixieConnection:
 
     def data_to_send(self) -> List[bytes]:
         """Pop the control bytes queued for the client (the closing handshake)."""
-        outgoing, self._outgoing = self._outgoing, []
+        outgoing = []
+        queue = self._outgoing
+        while queue:
+            outgoing.append(queue.popleft())
         return outgoing
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` would return something."""
+        return bool(self._outgoing)
 
     def send_data(self, payload: BytesLike) -> List[bytes]:
         """Frame ``payload`` for the client; return the bytes to send, in order.
