@@ -124,34 +124,41 @@ class FrameReader:
 
     def _parse(self) -> List[Tuple[int, memoryview]]:
         out = []
+        append = out.append
         buf, view = self.buffer, self.view
         pos, end = self.pos, self.end
         while pos < end:
             if self.remaining:
-                take = min(self.remaining, end - pos)
+                take = self.remaining if self.remaining < end - pos else end - pos
                 piece = view[pos:pos + take]
                 if self.mask is not None:
                     piece = self._unmask(piece)
-                out.append((self.frame_opcode, piece))
+                append((self.frame_opcode, piece))
                 pos += take
                 self.remaining -= take
                 continue
-            if end - pos < 2:
-                break
-            length = buf[pos + 1] & 0x7F
-            size = 2
-            if length == 126:
-                size = 4
-            elif length == 127:
-                size = 10
-            masked = buf[pos + 1] & 0x80
-            if end - pos < size + (4 if masked else 0):
-                break
-            if length == 126:
-                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
-            elif length == 127:
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-            if masked:
+            if end - pos < 4:
+                if end - pos < 2 or buf[pos + 1] & 0x7F >= 126:
+                    break
+            second = buf[pos + 1]
+            if second < 126:  # unmasked, short: the common server frame (RFC 6455 §5.2)
+                length, size = second, 2
+            elif second == 126:
+                length, size = (buf[pos + 2] << 8) | buf[pos + 3], 4
+            else:
+                length, size = second & 0x7F, 2
+                if length == 126:
+                    size = 4
+                elif length == 127:
+                    size = 10
+                masked = second & 0x80
+                if end - pos < size + (4 if masked else 0):
+                    break
+                if length == 126:
+                    length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                elif length == 127:
+                    length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            if second & 0x80:
                 self.mask = bytes(buf[pos + size:pos + size + 4])
                 self.mask_offset = 0
                 size += 4
@@ -167,9 +174,13 @@ class FrameReader:
             if opcode < 8:
                 self.data_frames += 1
             pos += size
-            self.remaining = length
-            if not length:
-                out.append((opcode, view[pos:pos]))
+            if self.mask is None and end - pos >= length:  # the whole payload is here
+                append((opcode, view[pos:pos + length]))
+                pos += length
+            else:
+                self.remaining = length
+                if not length:
+                    append((opcode, view[pos:pos]))
         self.pos = pos
         return out
 
@@ -361,6 +372,11 @@ class Downstream:
             if reader.eof:
                 break
             now = time.monotonic()
+            if len(pieces) > 1 and text is None and got + len(trailer) < nbytes - (1 << 20) \
+                    and all(opcode < 8 for opcode, _ in pieces):
+                # Far from the end: one hash update for the whole receive.
+                data = b"".join([piece for _, piece in pieces])
+                pieces = [(_BINARY, data)]
             for opcode, piece in pieces:
                 if opcode == _CLOSE:
                     closed = True

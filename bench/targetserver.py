@@ -132,13 +132,20 @@ def serve_source(sock: socket.socket, nbytes: int, seed: int, chunk: int, framed
     trailer = source_digest(nbytes, seed).encode("ascii")
     view = memoryview(pool)
     position, left = 0, nbytes
+    batch = []  # framed: up to 64 KiB of frames per write; the client sees the frames alike
+    batched = 0
     while left:
         size = min(chunk, left, len(pool) - position)
         piece = view[position:position + size]
-        if framed:
-            sock.sendall(frame_header(size) + piece)
-        else:
+        if not framed:
             sock.sendall(piece)
+        else:
+            batch.append(frame_header(size))
+            batch.append(piece)
+            batched += size
+            if batched >= 65536 or size == left:
+                sock.sendall(b"".join(batch))
+                batch, batched = [], 0
         left -= size
         position = (position + size) % len(pool)
     sock.sendall(frame_header(len(trailer)) + trailer if framed else trailer)

@@ -457,3 +457,19 @@ def test_request_target_cannot_forge_log_lines(proxy, tmp_path, wsproxy_log, tar
         ws.read_response()
     wait_until(lambda: wsproxy_log.messages(), message="a log line for the request")
     assert_single_clean_lines(wsproxy_log.messages())
+
+
+def test_trusted_proxy_may_be_a_network(proxy, wsproxy_log):
+    running = proxy(trusted_proxy=["127.0.0.0/8"])
+    good_session(running, headers={"X-Forwarded-For": "203.0.113.77"})
+    wsproxy_log.wait_for(lambda text: "open" in text and "203.0.113.77" in text,
+                         what="the session line showing the forwarded address")
+
+
+def test_a_forwarded_value_that_is_no_ip_address_is_not_taken(proxy, wsproxy_log):
+    running = proxy(trusted_proxy=["127.0.0.1"])
+    good_session(running, headers={"X-Forwarded-For": "203.0.113.9 evil"})
+    wsproxy_log.wait_for(lambda text: "not an IP address" in text, what="the ignore line")
+    for text in wsproxy_log.messages():
+        if ": open to" in text:
+            assert "(via" not in text, text

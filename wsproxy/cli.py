@@ -18,14 +18,13 @@ import logging.handlers
 import os
 import select
 import signal
-import socketserver
 import stat
 import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon
+from . import __version__, config, daemon, workers
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -437,10 +436,35 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
             return 1
         return _fail(exc, 1)
     try:
+        if settings.workers > 1:
+            return _supervise(server, settings, handlers, ready_pipe)
         return _serve(server, settings, handlers, signals, ready_pipe)
     finally:
         if settings.pid_file:
             daemon.remove_pid_file(settings.pid_file)
+
+
+def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+               ready_pipe: Optional[int]) -> int:
+    """``--workers N``: fork N workers serving the bound socket; restart those that die."""
+    numbers = workers.SharedCounter(settings.workers)
+
+    def serve_worker(index: int) -> int:
+        server.session_number_source = lambda: numbers.next(index)
+        worker_signals = SignalInbox()
+        try:
+            return _serve(server, settings, handlers, worker_signals, None)
+        finally:
+            worker_signals.close()
+
+    pool = workers.WorkerPool(settings.workers, serve_worker)
+    logger.info("listening on %s with %d workers", _listen_text(settings, server), settings.workers)
+    if ready_pipe is not None:
+        daemon.report_ready(ready_pipe)
+    status = pool.run()
+    server.server_close()
+    logger.info("stopped")
+    return status
 
 
 def check_input_files(settings: Settings) -> None:
@@ -485,8 +509,7 @@ def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handl
         if verdict == "stop accepting":
             logger.info("--timeout %s: no longer accepting; exiting once no session is open",
                         config.format_number(settings.timeout))
-            socketserver.BaseServer.shutdown(server)  # leaves open sessions running
-            server.server_close()
+            server.stop_accepting()  # leaves open sessions running
         elif verdict:
             logger.info("exiting: %s", verdict)
             return _stop(server)

@@ -155,7 +155,10 @@ def _read_mode(text: str, base_dir: str) -> int:
 
 def _read_workers(text: str, base_dir: str) -> int:
     if text.lower() == "auto":
-        return os.cpu_count() or 1
+        try:
+            return len(os.sched_getaffinity(0))  # the CPUs this process may use
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
     return _integer(text, 1, "a number of workers (1 or more) or auto")
 
 
@@ -196,9 +199,11 @@ def parse_syslog_address(text: str) -> Any:
 
 def _read_ip_address(text: str, base_dir: str) -> str:
     try:
+        if "/" in text:
+            return str(ipaddress.ip_network(text, strict=False))
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError("expected an IP address, got %r" % text) from None
+        raise ValueError("expected an IP address or network (10.0.0.0/8), got %r" % text) from None
 
 
 def _format_text(value: Any) -> str:
@@ -301,8 +306,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--auth-file",), "auth_file", "path", "FILE",
            "require HTTP Basic authentication against FILE (python3 -m wsproxy.passwd)", _W),
     Option(("--trusted-proxy",), "trusted_proxy", "address-list", "ADDR",
-           "a reverse proxy's IP address whose X-Forwarded-For/Forwarded is believed "
-           "(repeatable)", _W),
+           "a reverse proxy's IP address or network whose X-Forwarded-For/Forwarded "
+           "is believed (repeatable)", _W),
     Option(("--status",), "status", "http-path", "PATH",
            "answer a GET of PATH with JSON counters (uptime, sessions, bytes)", _W),
     # Limits and timeouts

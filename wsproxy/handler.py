@@ -13,6 +13,8 @@ wsproxy's own features (origin, auth, tokens, recording) sit on the same
 hooks.
 """
 
+import functools
+import ipaddress
 import logging
 import socket
 import ssl
@@ -211,9 +213,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         not a trusted proxy is the client (``X-Forwarded-For`` or RFC 7239
         ``Forwarded: for=``).  Elsewhere those headers are ignored.
         """
-        trusted = self.settings.trusted_proxy
+        trusted = _networks(self.settings.trusted_proxy)
         peer = self.client_address[0] if isinstance(self.client_address, tuple) else None
-        if not trusted or peer not in trusted:
+        if not trusted or not _is_trusted(peer, trusted):
             return
         chain = []
         for part in request.headers.get("forwarded", "").split(","):
@@ -230,7 +232,13 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             chain = [item.strip() for item in request.headers.get("x-forwarded-for", "").split(",")
                      if item.strip()]
         for address in reversed(chain):
-            if address not in trusted:
+            try:
+                address = str(ipaddress.ip_address(address))
+            except ValueError:
+                logger.info("%signored a forwarded address that is not an IP address: %s",
+                            self.log_prefix, _escape(address))
+                return
+            if not _is_trusted(address, trusted):
                 self.remote_address = (address, 0)
                 self.log_prefix = "session %d %s (via %s): " % (
                     self.number, _escape(address), format_address(self.client_address))
@@ -478,6 +486,26 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self.stream.sendall([data])
         except OSError:
             pass
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_networks(entries: Tuple[str, ...]) -> Tuple:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _networks(entries) -> Tuple:
+    """``--trusted-proxy`` entries (addresses or networks) as ``ip_network`` objects."""
+    return _parse_networks(tuple(entries)) if entries else ()
+
+
+def _is_trusted(address, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except (TypeError, ValueError):
+        return False
+    if getattr(ip, "ipv4_mapped", None) is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def _nodelay(sock: socket.socket) -> None:

@@ -98,6 +98,11 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """An unexpected exception in a handler: one log line with the traceback."""
         logger.exception("internal error while serving %s", format_address(client_address))
 
+    def stop_accepting(self) -> None:
+        """Stop ``serve_forever`` and close the listener; open sessions go on."""
+        super().shutdown()
+        self.socket.close()
+
     def shutdown(self) -> None:
         """Stop accepting, send close 1001 to every open session, wait for them."""
         super().shutdown()
@@ -361,8 +366,10 @@ def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     try:
         context.load_cert_chain(settings.cert, settings.key or None)
-    except FileNotFoundError as exc:
-        raise ConfigError("cert/key: no such file: %s" % exc.filename) from None
+    except FileNotFoundError:
+        missing = settings.cert if not os.path.exists(settings.cert) else settings.key
+        raise ConfigError("%s: no such file: %s"
+                          % ("cert" if missing == settings.cert else "key", missing)) from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError("cert/key: cannot load the certificate or key: %s" % exc) from None
     if settings.ssl_ciphers:

@@ -93,6 +93,10 @@ class WorkerPool:
                 lived = time.monotonic() - self._started.pop(pid, 0.0)
                 if self._stopping:
                     continue
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                    # A clean exit (--timeout, --idle-timeout) is final.
+                    logger.info("worker %d (pid %d) finished", index, pid)
+                    continue
                 logger.warning("worker %d (pid %d) exited with status %s; restarting it",
                                index, pid, _describe_status(status))
                 if lived < _QUICK_DEATH:
