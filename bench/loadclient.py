@@ -36,7 +36,7 @@ import time
 from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from targetserver import request  # noqa: E402
+from targetserver import READY, request, touched_buffer  # noqa: E402
 
 #: Upstream jobs cycle through this many payload bytes (a multiple of every frame size used).
 UPSTREAM_POOL = 1024 * 1024
@@ -305,6 +305,8 @@ class Upstream:
     def run(self) -> dict:
         job, sock = self.job, self.sock
         send_request(sock, job, request("SINK", self.nbytes), self.rng)
+        if self._read_exactly(len(READY)) != READY:
+            raise ConnectionError("the sink did not answer READY")
         started = time.monotonic()
         block = self.block
         for _ in range(self.repeats):
@@ -323,83 +325,164 @@ class Upstream:
                 "client_send_seconds": sent - started, "first": report["first"], "last": report["last"]}
 
     def _read_line(self) -> bytes:
+        return self._read_until(lambda data: data.endswith(b"\n"))
+
+    def _read_exactly(self, count: int) -> bytes:
+        return self._read_until(lambda data: len(data) >= count)
+
+    def _read_until(self, done) -> bytes:
+        """Payload from the sink (raw, or in frames) until ``done(data)``."""
         data = b""
         if self.job.get("raw"):
-            while not data.endswith(b"\n"):
+            while not done(data):
                 chunk = self.sock.recv(4096)
                 if not chunk:
-                    raise ConnectionError("sink closed without a report")
+                    raise ConnectionError("the sink closed the connection")
                 data += chunk
             return data
         text = Base64Text() if self.job.get("subprotocol") == "base64" else None
-        while not data.endswith(b"\n"):
+        while not done(data):
             pieces = self.reader.receive()
             if self.reader.eof:
-                raise ConnectionError("closed before the sink's report")
+                raise ConnectionError("closed before the sink answered")
             for opcode, piece in pieces:
                 if opcode == _CLOSE:
-                    raise ConnectionError("closed before the sink's report")
+                    raise ConnectionError("closed before the sink answered")
                 data += text.decode(piece) if text else bytes(piece)
         return data
 
 
 class Downstream:
-    """Ask the source for ``nbytes``; hash them as they arrive; compare with its digest."""
+    """Ask the source for ``nbytes``; keep what arrives in memory; hash it afterwards.
+
+    While the transfer is timed the client only receives into one large
+    pre-mapped buffer and walks the frame headers (payload is never copied
+    or looked at), so the client stays far from being the bottleneck; the
+    SHA-256 of the payload is compared with the source's after the last byte.
+    In raw mode the source writes plain bytes straight to this client.
+    """
 
     def __init__(self, job: dict) -> None:
         self.job = job
         self.rng = random.Random(job["seed"])
+        self.base64 = job.get("subprotocol") == "base64" and not job.get("raw")
+        expansion = 1.4 if self.base64 else 1.02  # base64 text, frame headers
+        self.buffer = touched_buffer(int((job["nbytes"] + 64) * expansion) + 4 * 1024 * 1024)
+        self.view = memoryview(self.buffer)
         self.sock, leftover = open_session(job)
-        self.reader = FrameReader(self.sock, leftover)
+        self.buffer[:len(leftover)] = leftover
+        self.end = len(leftover)
 
     def ready(self) -> dict:
         return {"nbytes": self.job["nbytes"]}
 
     def run(self) -> dict:
-        job, reader = self.job, self.reader
-        nbytes = job["nbytes"]
-        framed = 1 if job.get("raw") else 0
-        send_request(self.sock, job, request("SOURCE", nbytes, job["seed"], job["chunk"], framed),
-                     self.rng)
-        text = Base64Text() if job.get("subprotocol") == "base64" else None
-        digest = hashlib.sha256()
-        trailer = b""
-        got = 0
+        job, nbytes = self.job, self.job["nbytes"]
+        send_request(self.sock, job, request("SOURCE", nbytes, job["seed"], job["chunk"], 0), self.rng)
+        frames = FrameWalker(self.buffer, self.base64)
+        wanted = nbytes + 64  # then the source's SHA-256 in hex
+        view, end, capacity = self.view, self.end, len(self.buffer)
         first = last = 0.0
-        closed = False
-        while len(trailer) < 64 and not closed:
-            pieces = reader.receive()
-            if reader.eof:
+        recv_into = self.sock.recv_into
+        raw = job.get("raw")
+        while True:
+            got = end if raw else frames.walk(end)
+            if got >= nbytes and not last:
+                last = time.monotonic()
+            if got >= wanted or frames.closed:
                 break
-            now = time.monotonic()
-            if len(pieces) > 1 and text is None and got + len(trailer) < nbytes - (1 << 20) \
-                    and all(opcode < 8 for opcode, _ in pieces):
-                # Far from the end: one hash update for the whole receive.
-                data = b"".join([piece for _, piece in pieces])
-                pieces = [(_BINARY, data)]
-            for opcode, piece in pieces:
-                if opcode == _CLOSE:
-                    closed = True
-                    break
-                if text is not None:
-                    piece = text.decode(piece)
-                if not got:
-                    first = now
-                take = min(len(piece), nbytes - got)
-                if take:
-                    digest.update(piece[:take] if take < len(piece) else piece)
-                    got += take
-                    if got == nbytes:
-                        last = now
-                if take < len(piece):
-                    trailer += bytes(piece[take:])
-        frames = reader.data_frames
-        close_session(self.sock, reader, job, self.rng)
+            if end == capacity:
+                raise RuntimeError("receive buffer full (frames far smaller than expected)")
+            count = recv_into(view[end:])
+            if not count:
+                break
+            end += count
+            if not first:
+                first = time.monotonic()
+        close_session(self.sock, None, job, self.rng)
+        payload = [view[:end]] if raw else frames.payload(end)
+        digest, got, trailer = hashlib.sha256(), 0, b""
+        decoder = Base64Text() if self.base64 else None
+        for piece in payload:
+            if decoder is not None:
+                piece = decoder.decode(piece)
+            take = min(len(piece), nbytes - got)
+            digest.update(piece[:take])
+            got += take
+            trailer += bytes(piece[take:take + 64 - len(trailer)])
         seconds = last - first
         return {"bytes": got, "seconds": seconds,
                 "mbps": got / seconds / 1e6 if seconds > 0 else 0.0,
-                "sha_ok": got == nbytes and trailer[:64].decode("ascii", "replace") == digest.hexdigest(),
-                "mean_frame": (got + len(trailer)) / max(1, frames), "first": first, "last": last}
+                "sha_ok": got == nbytes and trailer.decode("ascii", "replace") == digest.hexdigest(),
+                "mean_frame": (got + len(trailer)) / max(1, len(frames.spans)),
+                "first": first, "last": last}
+
+
+class FrameWalker:
+    """Finds the frames in a buffer that fills up from the front (RFC 6455 §5.2).
+
+    :meth:`walk` returns the payload bytes received so far (decoded size
+    for base64 text, counted per complete frame); ``spans`` holds each data
+    frame's payload position; ``closed`` is set at a close frame.
+    """
+
+    def __init__(self, buffer: bytearray, base64_text: bool) -> None:
+        self.buffer = buffer
+        self.base64 = base64_text
+        self.spans: List[Tuple[int, int]] = []
+        self.closed = False
+        self.pos = 0            # where the next frame header starts
+        self.complete = 0       # payload of the frames wholly received
+        self.pending: Optional[Tuple[int, int]] = None  # the data frame still arriving
+
+    def walk(self, end: int) -> int:
+        buf = self.buffer
+        while True:
+            if self.pending is not None:
+                start, stop = self.pending
+                if stop > end:
+                    partial = end - start
+                    return self.complete + (partial // 4 * 3 if self.base64 else partial)
+                self.complete += self._size(start, stop)
+                self.pending = None
+            pos = self.pos
+            if end - pos < 2:
+                return self.complete
+            second = buf[pos + 1]
+            length, size = second & 0x7F, 2
+            if length == 126:
+                size = 4
+            elif length == 127:
+                size = 10
+            if second & 0x80:
+                raise ConnectionError("masked frame from the server")
+            if end - pos < size:
+                return self.complete
+            if length == 126:
+                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            opcode = buf[pos] & 0x0F
+            start = pos + size
+            self.pos = start + length
+            if opcode == _CLOSE:
+                self.closed = True
+                return self.complete
+            if opcode < 8:
+                self.spans.append((start, start + length))
+                self.pending = (start, start + length)
+
+    def _size(self, start: int, stop: int) -> int:
+        if not self.base64:
+            return stop - start
+        padding = 0
+        if stop - start >= 2:
+            padding = (self.buffer[stop - 1] == 61) + (self.buffer[stop - 2] == 61)  # '='
+        return (stop - start) // 4 * 3 - padding
+
+    def payload(self, end: int) -> List[memoryview]:
+        view = memoryview(self.buffer)
+        return [view[start:min(stop, end)] for start, stop in self.spans if start < end]
 
 
 class Echo:

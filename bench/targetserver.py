@@ -15,7 +15,9 @@ bytes, space-padded, that names its role; through a proxy the client sends it
 as its first WebSocket message:
 
 ``SINK n``
-    read exactly ``n`` bytes and hash them, then write one JSON line
+    answer ``READY`` (one byte), read exactly ``n`` bytes into memory, hash
+    them (after the last byte, so hashing never slows the transfer), then
+    write one JSON line
     ``{"bytes", "sha256", "first", "last"}`` (``time.monotonic()`` at the first
     and last byte, comparable across processes on Linux), then wait for EOF.
 ``SOURCE n seed chunk framed``
@@ -42,6 +44,8 @@ import time
 from typing import Dict, Tuple
 
 REQUEST_SIZE = 64
+#: A sink's first answer: its buffer is ready, the timed transfer may start.
+READY = b"R"
 #: The source cycles through this many seeded bytes; an odd size keeps
 #: write boundaries drifting across the pool.
 POOL_SIZE = 4 * 1024 * 1024 + 4099
@@ -106,22 +110,58 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
     return b"".join(parts)
 
 
+def touched_buffer(size: int) -> bytearray:
+    """A zeroed buffer whose pages are already mapped (no page faults while timing)."""
+    buffer = bytearray(size)
+    buffer[::4096] = b"\x01" * len(range(0, size, 4096))
+    return buffer
+
+
+class BufferPool:
+    """Large receive buffers kept between connections (mapping 1 GiB takes time)."""
+
+    def __init__(self) -> None:
+        self._free = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            fitting = [b for b in self._free if len(b) >= size]
+            if fitting:
+                buffer = min(fitting, key=len)
+                self._free.remove(buffer)
+                return buffer
+        return touched_buffer(max(size, 1))
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            self._free.append(buffer)
+
+
+_sink_buffers = BufferPool()
+
+
 def serve_sink(sock: socket.socket, nbytes: int) -> None:
-    digest = hashlib.sha256()
-    buffer = bytearray(_RECV_SIZE)
-    view = memoryview(buffer)
-    got = 0
-    first = last = 0.0
-    while got < nbytes:
-        count = sock.recv_into(view[:min(_RECV_SIZE, nbytes - got)])
-        if not count:
-            raise ConnectionError("sink: peer closed after %d of %d bytes" % (got, nbytes))
-        last = time.monotonic()
-        if not got:
-            first = last
-        digest.update(view[:count])
-        got += count
-    report = {"bytes": got, "sha256": digest.hexdigest(), "first": first, "last": last}
+    """Receive into memory, then hash: hashing never slows the transfer being timed."""
+    buffer = _sink_buffers.take(nbytes)
+    try:
+        view = memoryview(buffer)
+        sock.sendall(READY)  # the client starts sending only now
+        got = 0
+        first = last = 0.0
+        while got < nbytes:
+            count = sock.recv_into(view[got:nbytes])
+            if not count:
+                raise ConnectionError("sink: peer closed after %d of %d bytes" % (got, nbytes))
+            last = time.monotonic()
+            if not got:
+                first = last
+            got += count
+        digest = hashlib.sha256(view[:nbytes]).hexdigest()
+        view.release()
+    finally:
+        _sink_buffers.give(buffer)
+    report = {"bytes": got, "sha256": digest, "first": first, "last": last}
     sock.sendall(json.dumps(report).encode("ascii") + b"\n")
     while sock.recv(65536):
         pass
@@ -132,20 +172,13 @@ def serve_source(sock: socket.socket, nbytes: int, seed: int, chunk: int, framed
     trailer = source_digest(nbytes, seed).encode("ascii")
     view = memoryview(pool)
     position, left = 0, nbytes
-    batch = []  # framed: up to 64 KiB of frames per write; the client sees the frames alike
-    batched = 0
     while left:
         size = min(chunk, left, len(pool) - position)
         piece = view[position:position + size]
-        if not framed:
-            sock.sendall(piece)
+        if framed:  # one write per frame, as through a proxy: only the header is added
+            sock.sendall(frame_header(size) + piece)
         else:
-            batch.append(frame_header(size))
-            batch.append(piece)
-            batched += size
-            if batched >= 65536 or size == left:
-                sock.sendall(b"".join(batch))
-                batch, batched = [], 0
+            sock.sendall(piece)
         left -= size
         position = (position + size) % len(pool)
     sock.sendall(frame_header(len(trailer)) + trailer if framed else trailer)

@@ -114,3 +114,16 @@ def test_a_worker_that_exits_cleanly_is_not_restarted():
     pool = WorkerPool(2, lambda index: 0)
     assert pool.run() == 0
     assert pool.children == {}
+
+
+def test_every_worker_stops_promptly_after_connections_woke_them_all(wsproxy_process, echo_target):
+    # Each connection wakes every worker polling the shared socket; the ones
+    # that lose the accept() race must not stay blocked in it, deaf to SIGTERM.
+    port = free_port()
+    proxy = wsproxy_process("-f", "--workers", "2", "127.0.0.1:%d" % port,
+                            "127.0.0.1:%d" % echo_target.port)
+    proxy.wait_listening(port)
+    proxy.wait_for(lambda: len(started_workers(proxy.output())) == 2, "two workers")
+    run_sessions(port, 10)
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait_exit(timeout=5) == 0

@@ -452,6 +452,7 @@ def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.H
     def serve_worker(index: int) -> int:
         server.session_number_source = lambda: numbers.next(index)
         worker_signals = SignalInbox()
+        workers.unblock_signals()
         try:
             return _serve(server, settings, handlers, worker_signals, None)
         finally:

@@ -94,6 +94,14 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 pass
         super().server_bind()
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        # Several processes (--workers) may wait on this socket; all wake for
+        # one connection and only one gets it.  A blocking accept() would
+        # leave the others stuck in it, deaf to shutdown(): socketserver
+        # treats the non-blocking accept's "nothing there" as no request.
+        self.socket.setblocking(False)
+
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
         logger.exception("internal error while serving %s", format_address(client_address))

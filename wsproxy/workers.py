@@ -66,7 +66,9 @@ class WorkerPool:
     """Fork ``count`` workers running ``serve(index)`` and keep them running.
 
     ``serve`` runs in the child and returns its exit status; it must handle
-    SIGTERM itself (the parent forwards signals).  :meth:`run` returns 0
+    SIGTERM itself (the parent forwards signals).  It starts with SIGTERM,
+    SIGINT and SIGHUP blocked and calls :func:`unblock_signals` once its
+    handlers are in place.  :meth:`run` returns 0
     once a stop was requested and every worker has exited.
     """
 
@@ -114,7 +116,15 @@ class WorkerPool:
         self._forward(signum)
 
     def _spawn(self, index: int) -> Optional[int]:
-        pid = os.fork()
+        # Signals stay blocked across the fork until the child has its own
+        # handlers: a SIGHUP that arrives first must not kill it (SIG_DFL).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED_SIGNALS)
         if pid == 0:
             status = 1
             try:
@@ -142,6 +152,11 @@ class WorkerPool:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def unblock_signals() -> None:
+    """In a worker, once its signal handlers are installed: let signals in."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED_SIGNALS)
 
 
 def _describe_status(status: int) -> str:

@@ -1,0 +1,222 @@
+"""Starting, measuring and stopping the processes under test.
+
+Every process is started in a session of its own, so a proxy's forked
+children (websockify forks one per connection, wsproxy ``--workers`` one per
+worker) can be found, measured and stopped together.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+from envs import CERT, ROOT, websockify_command
+
+START_DEADLINE = 20.0
+STOP_DEADLINE = 10.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ProxyKind:
+    """One proxy configuration: a display name and how to start it."""
+
+    def __init__(self, key: str, label: str, argv_for) -> None:
+        self.key = key
+        self.label = label
+        self._argv_for = argv_for
+
+    def argv(self, listen_port: int, target_port: int) -> List[str]:
+        return self._argv_for("127.0.0.1:%d" % listen_port, "127.0.0.1:%d" % target_port)
+
+
+def _wsproxy(*extra: str):
+    return lambda listen, target: ([sys.executable, "-m", "wsproxy", "-f", "--cert", CERT]
+                                   + list(extra) + [listen, target])
+
+
+def _websockify(with_numpy: bool):
+    return lambda listen, target: websockify_command(with_numpy) + ["--cert", CERT, listen, target]
+
+
+KINDS: Dict[str, ProxyKind] = {kind.key: kind for kind in [
+    ProxyKind("wsproxy", "wsproxy", _wsproxy()),
+    ProxyKind("wsproxy-w2", "wsproxy --workers 2", _wsproxy("--workers", "2")),
+    ProxyKind("websockify", "websockify", _websockify(False)),
+    ProxyKind("websockify-numpy", "websockify+numpy", _websockify(True)),
+]}
+
+
+class RunningProxy:
+    """A started proxy: its port, its process tree, its memory and CPU."""
+
+    def __init__(self, kind: ProxyKind, target_port: int, log_dir: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.log_path = os.path.join(log_dir, "%s-%d.log" % (kind.key, self.port))
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(kind.argv(self.port, target_port), cwd=ROOT, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True)
+        self._wait_listening()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + START_DEADLINE
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("%s did not start listening; see %s" % (self.kind.label, self.log_path))
+
+    def tree(self) -> List[int]:
+        """Process ids of the proxy and everything it forked (its session)."""
+        pids = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.pid and fields[0] != "Z":  # field 6: session id
+                pids.append(int(name))
+        return pids
+
+    def children(self) -> List[int]:
+        """Direct children of the proxy's main process."""
+        found = []
+        for pid in self.tree():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == self.pid:
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    def peak_rss_kib(self, pid: Optional[int] = None) -> int:
+        """VmHWM (peak resident set) of one process, in KiB."""
+        return _status_field(pid or self.pid, "VmHWM")
+
+    def tree_pss_kib(self) -> int:
+        """Proportional set size of the whole tree now (shared pages split fairly), KiB."""
+        total = 0
+        for pid in self.tree():
+            try:
+                with open("/proc/%d/smaps_rollup" % pid) as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                            break
+            except OSError:
+                pass
+        return total
+
+    def cpu_seconds(self, pids: Optional[List[int]] = None) -> Dict[int, float]:
+        """User+system CPU seconds used so far, per process of the tree."""
+        used = {}
+        for pid in pids or self.tree():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                used[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+            except OSError:
+                pass
+        return used
+
+    def stop(self) -> None:
+        """SIGTERM to the proxy's process group, SIGKILL after a deadline."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(STOP_DEADLINE)
+                if not self.tree():
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class MemorySampler:
+    """Samples a proxy tree's total PSS in a thread; ``peak_kib`` is the highest seen."""
+
+    def __init__(self, proxy: RunningProxy, interval: float = 0.5) -> None:
+        self.proxy = proxy
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def sample(self) -> None:
+        self.peak_kib = max(self.peak_kib, self.proxy.tree_pss_kib())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return self.peak_kib
+
+
+def _status_field(pid: int, field: str) -> int:
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TargetServer:
+    """bench/targetserver.py in its own process: the sink, source and echo."""
+
+    def __init__(self, log_dir: str) -> None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.log_path = os.path.join(log_dir, "targetserver.log")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(here, "targetserver.py"), "--cert", CERT],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        line = self.process.stdout.readline().decode("ascii", "replace").split()
+        if len(line) != 3 or line[0] != "ports":
+            self.stop()
+            raise RuntimeError("the target server did not start; see %s" % self.log_path)
+        self.port, self.tls_port = int(line[1]), int(line[2])
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.close()  # it exits when its input closes
+            self.process.wait(STOP_DEADLINE)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
