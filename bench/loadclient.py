@@ -385,6 +385,7 @@ class Downstream:
         first = last = 0.0
         recv_into = self.sock.recv_into
         raw = job.get("raw")
+        waitall = raw and not job.get("tls")
         while True:
             got = end if raw else frames.walk(end)
             if got >= nbytes and not last:
@@ -393,7 +394,10 @@ class Downstream:
                 break
             if end == capacity:
                 raise RuntimeError("receive buffer full (frames far smaller than expected)")
-            count = recv_into(view[end:])
+            if waitall:  # raw: the total is known; wake once per MiB, not per segment
+                count = recv_into(view[end:min(wanted, end + 1024 * 1024)], 0, socket.MSG_WAITALL)
+            else:
+                count = recv_into(view[end:])
             if not count:
                 break
             end += count
@@ -414,7 +418,7 @@ class Downstream:
         return {"bytes": got, "seconds": seconds,
                 "mbps": got / seconds / 1e6 if seconds > 0 else 0.0,
                 "sha_ok": got == nbytes and trailer.decode("ascii", "replace") == digest.hexdigest(),
-                "mean_frame": (got + len(trailer)) / max(1, len(frames.spans)),
+                "mean_frame": None if raw else (got + len(trailer)) / max(1, len(frames.spans)),
                 "first": first, "last": last}
 
 

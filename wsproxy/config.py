@@ -272,11 +272,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--target-insecure",), "target_insecure", "bool", None,
            "do not verify a TLS target's certificate (unsafe; logged as a warning)", _T),
     # Tokens
-    Option(("--token-source", "--target-config"), "token_source", "path", "FILE|DIR",
+    Option(("--token-source", "--target-config"), "token_source", "path", "PATH",
            "choose the target by ?token=NAME from 'NAME: host:port' lines in FILE "
            "or in every file of DIR", _K),
     Option(("--host-token",), "host_token", "bool", None,
-           "take the token from the Host header's first label instead", _K),
+           "take the token from the Host header (its host name) instead of ?token=", _K),
     # TLS
     Option(("--cert",), "cert", "path", "FILE", "TLS certificate (PEM; may hold the key too)", _S),
     Option(("--key",), "key", "path", "FILE", "TLS private key (PEM), if not in --cert", _S),
