@@ -307,11 +307,11 @@ class Upstream:
         send_request(sock, job, request("SINK", self.nbytes), self.rng)
         if self._read_exactly(len(READY)) != READY:
             raise ConnectionError("the sink did not answer READY")
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), cpu_seconds()
         block = self.block
         for _ in range(self.repeats):
             sock.sendall(block)
-        sent = time.monotonic()
+        sent, cpu_sent = time.monotonic(), cpu_seconds()
         report = json.loads(self._read_line())
         close_session(sock, self.reader, job, self.rng)
         expected = hashlib.sha256()
@@ -322,7 +322,8 @@ class Upstream:
         return {"bytes": report["bytes"], "seconds": seconds,
                 "mbps": report["bytes"] / seconds / 1e6 if seconds > 0 else 0.0,
                 "sha_ok": report["sha256"] == expected.hexdigest() and report["bytes"] == self.nbytes,
-                "client_send_seconds": sent - started, "first": report["first"], "last": report["last"]}
+                "client_cores": (cpu_sent - cpu_started) / (sent - started) if sent > started else None,
+                "first": report["first"], "last": report["last"]}
 
     def _read_line(self) -> bytes:
         return self._read_until(lambda data: data.endswith(b"\n"))
@@ -382,14 +383,14 @@ class Downstream:
         frames = FrameWalker(self.buffer, self.base64)
         wanted = nbytes + 64  # then the source's SHA-256 in hex
         view, end, capacity = self.view, self.end, len(self.buffer)
-        first = last = 0.0
+        first = last = cpu_first = cpu_last = 0.0
         recv_into = self.sock.recv_into
         raw = job.get("raw")
         waitall = raw and not job.get("tls")
         while True:
             got = end if raw else frames.walk(end)
             if got >= nbytes and not last:
-                last = time.monotonic()
+                last, cpu_last = time.monotonic(), cpu_seconds()
             if got >= wanted or frames.closed:
                 break
             if end == capacity:
@@ -402,7 +403,7 @@ class Downstream:
                 break
             end += count
             if not first:
-                first = time.monotonic()
+                first, cpu_first = time.monotonic(), cpu_seconds()
         close_session(self.sock, None, job, self.rng)
         payload = [view[:end]] if raw else frames.payload(end)
         digest, got, trailer = hashlib.sha256(), 0, b""
@@ -418,6 +419,7 @@ class Downstream:
         return {"bytes": got, "seconds": seconds,
                 "mbps": got / seconds / 1e6 if seconds > 0 else 0.0,
                 "sha_ok": got == nbytes and trailer.decode("ascii", "replace") == digest.hexdigest(),
+                "client_cores": (cpu_last - cpu_first) / seconds if seconds > 0 else None,
                 "mean_frame": None if raw else (got + len(trailer)) / max(1, len(frames.spans)),
                 "first": first, "last": last}
 
@@ -513,7 +515,10 @@ class Echo:
         warmup, messages = job.get("warmup", 200), job["messages"]
         times = []
         mismatches = 0
+        first = 0.0
         for i in range(warmup + messages):
+            if i == warmup:
+                first = time.monotonic()
             expected = self.payloads[i % len(self.payloads)]
             frame = self.frames[i % len(self.frames)]
             got = b""
@@ -530,10 +535,16 @@ class Echo:
                 mismatches += 1
             if i >= warmup:
                 times.append(elapsed / 1000.0)
+        last = time.monotonic()
         close_session(sock, reader, job, self.rng)
         times.sort()
         return {"messages": messages, "p50_us": percentile(times, 50), "p99_us": percentile(times, 99),
-                "sha_ok": mismatches == 0, "mismatches": mismatches}
+                "sha_ok": mismatches == 0, "mismatches": mismatches, "first": first, "last": last}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(sorted_values: List[float], pct: float) -> float:

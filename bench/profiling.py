@@ -19,6 +19,10 @@ from proxies import KINDS, RunningProxy
 from scenarios import BY_NAME
 
 RATE = 200
+#: Leaf frames of threads that only wait (the accept loop's poll, the signal
+#: loop, joins): py-spy cannot always tell them from running threads.
+WAITING = {"_PollLikeSelector.select", "SignalInbox.wait", "Condition.wait", "Event.wait",
+           "Thread.join", "Thread._wait_for_tstate_lock", "select"}
 RUNS = 3
 TOP = 12
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -27,13 +31,17 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 def fold(path: str) -> Dict[str, collections.Counter]:
     """Self and inclusive sample counts from py-spy's raw (collapsed) output."""
     self_func, self_line, inclusive = collections.Counter(), collections.Counter(), collections.Counter()
-    total = 0
+    total = waiting = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for row in f:
             stack, _, count = row.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             samples = int(count)
+            leaf = stack.rsplit(";", 1)[-1].split(" (", 1)[0]
+            if leaf in WAITING:
+                waiting += samples
+                continue
             total += samples
             frames = [_short(frame) for frame in stack.split(";")]
             self_func[frames[-1][0]] += samples
@@ -41,7 +49,7 @@ def fold(path: str) -> Dict[str, collections.Counter]:
             for func in {frame[0] for frame in frames}:
                 inclusive[func] += samples
     return {"self": self_func, "line": self_line, "inclusive": inclusive,
-            "total": collections.Counter({"": total})}
+            "total": collections.Counter({"": total}), "waiting": collections.Counter({"": waiting})}
 
 
 def _short(frame: str):
@@ -59,8 +67,8 @@ def _short(frame: str):
 
 def summarize(name: str, folded: Dict[str, collections.Counter]) -> List[str]:
     total = folded["total"][""] or 1
-    lines = ["**%s** — %d samples at %d Hz (threads running or holding the CPU):" % (
-        BY_NAME[name].title, total, RATE), "",
+    lines = ["**%s** — %d samples at %d Hz of busy threads (%d more of threads waiting in "
+             "select/poll/joins left out):" % (BY_NAME[name].title, total, RATE, folded["waiting"][""]), "",
              "| self % | function | | self % | source line |", "|---:|---|---|---:|---|"]
     funcs = folded["self"].most_common(TOP)
     code_lines = folded["line"].most_common(TOP)

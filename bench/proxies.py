@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from envs import CERT, ROOT, websockify_command
 
@@ -144,6 +144,10 @@ class RunningProxy:
                 pass
         return used
 
+    def total_cpu(self) -> float:
+        """CPU seconds used so far by the proxy, its live descendants and its reaped children."""
+        return process_cpu(self.pid, with_children=True)
+
     def stop(self) -> None:
         """SIGTERM to the proxy's process group, SIGKILL after a deadline."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -184,6 +188,77 @@ class MemorySampler:
         self._thread.join()
         self.sample()
         return self.peak_kib
+
+
+def process_cpu(pid: int, with_children: bool = False) -> float:
+    """User+system CPU seconds of ``pid`` (and, optionally, of its whole subtree)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if not with_children:
+        return ticks / _TICKS
+    ticks += int(fields[13]) + int(fields[14])  # children already reaped
+    used = ticks / _TICKS
+    for child in _children_of(pid):
+        used += process_cpu(child, with_children=True)
+    return used
+
+
+def _children_of(pid: int) -> List[int]:
+    found = []
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                found += [int(child) for child in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+class CpuSampler:
+    """Samples the CPU seconds of named processes in a thread.
+
+    :meth:`cores` gives how many cores a process used on average between two
+    ``time.monotonic()`` instants (interpolated between samples), so the
+    window can be the transfer the target server timed.
+    """
+
+    def __init__(self, readers: Dict[str, Callable[[], float]], interval: float = 0.05) -> None:
+        self.readers = readers
+        self.interval = interval
+        self.samples: List[tuple] = []
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), {name: read() for name, read in self.readers.items()}))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _at(self, name: str, when: float) -> float:
+        before = [s for s in self.samples if s[0] <= when] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= when] or self.samples[-1:]
+        (t0, v0), (t1, v1) = before[-1], after[0]
+        if t1 <= t0:
+            return v0[name]
+        return v0[name] + (v1[name] - v0[name]) * (when - t0) / (t1 - t0)
+
+    def cores(self, name: str, start: float, end: float) -> Optional[float]:
+        if end - start < 4 * self.interval:
+            return None  # too short a window for 10 ms clock ticks
+        return (self._at(name, end) - self._at(name, start)) / (end - start)
 
 
 def _status_field(pid: int, field: str) -> int:

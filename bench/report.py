@@ -31,6 +31,16 @@ def median_of(results: Results, name: str, key: str, field: str = "value") -> Op
     return statistics.median(values) if values else None
 
 
+def median_cores(results: Results, name: str, key: str, part: str) -> Optional[float]:
+    """Median cores used during the timed transfer by the proxy, the targets or the client."""
+    values = []
+    for run in ok_runs(results, name, key).values():
+        value = run.get("client_cores") if part == "client" else (run.get("cores") or {}).get(part)
+        if value is not None:
+            values.append(value)
+    return statistics.median(values) if values else None
+
+
 def ratio(results: Results, name: str, key: str, references: List[Tuple[str, str]],
           best: Callable = max) -> Optional[float]:
     """Median over rounds of value / best reference value in the same round."""
@@ -107,6 +117,9 @@ def _notes(scenario: Scenario, results: Results, key: str, runs: Dict[int, dict]
     notes = []
     if scenario.kind == "echo":
         notes.append("p99 %s µs" % _fmt(median_of(results, name, key, "p99_us")))
+        cpu = median_of(results, name, key, "proxy_cpu_us")
+        if cpu is not None:
+            notes.append("proxy CPU %s µs per round trip" % _fmt(cpu))
     if scenario.kind == "throughput" and scenario.params["direction"] == "down":
         frame = median_of(results, name, key, "mean_frame")
         if frame:
@@ -124,11 +137,12 @@ def _notes(scenario: Scenario, results: Results, key: str, runs: Dict[int, dict]
             first = [e for run in good for e in run.get("first_errors", [])]
             if first:
                 notes.append("e.g. %s" % first[0][:60])
-    if scenario.kind == "workers":
-        good = list(ok_runs(results, name, key).values())
-        if good:
-            notes.append("CPU s per process (one run): %s" % ", ".join(
-                "%.2f" % c for c in good[-1]["cpu_per_process"]))
+    if scenario.kind in ("throughput", "workers"):
+        cores = [median_cores(results, name, key, part) for part in ("proxy", "targets", "client")]
+        if any(c is not None for c in cores):
+            notes.append("cores used: " + ", ".join(
+                "%s %s" % (part, _fmt(c, 2)) for part, c in zip(("proxy", "targets", "client"), cores)
+                if c is not None))
     errors = [run["error"] for run in runs.values() if "error" in run]
     if errors:
         notes.append("error: %s" % errors[0][:80])
@@ -240,8 +254,13 @@ def client_check(results: Results) -> List[str]:
             continue
         if scenario.higher_is_better:
             best, key = max(proxied)
-            lines.append("%s: direct %s MB/s = %.1f× the fastest proxy (%s, %s MB/s)" % (
-                scenario.title, _fmt(direct), direct / best, label(key), _fmt(best)))
+            line = "%s: direct %s MB/s = %.1f× the fastest proxy (%s, %s MB/s)" % (
+                scenario.title, _fmt(direct), direct / best, label(key), _fmt(best))
+            busy = median_cores(results, scenario.name, key, "targets")
+            if busy is not None and busy >= 0.6:
+                line += "; behind that proxy the target server itself used %.2f cores, so here " \
+                        "the target is the limit, not the proxy" % busy
+            lines.append(line)
         else:
             best, key = min(proxied)
             lines.append("%s: direct p50 %s µs = %.1f× shorter than the fastest proxy (%s, %s µs)" % (

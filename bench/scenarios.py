@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
-from proxies import MemorySampler, RunningProxy
+from proxies import CpuSampler, MemorySampler, RunningProxy, process_cpu
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(BENCH, "loadclient.py")
@@ -178,33 +178,59 @@ class Bench:
         job = dict(self.endpoint(key, params["tls"]), seed=seed, nbytes=size,
                    mode="upstream" if params["direction"] == "up" else "downstream",
                    frame=params["frame"], chunk=params["frame"], subprotocol=params["subprotocol"])
-        _, (result,) = run_clients([job], self.client_log, timeout=120)
+        _, (result,) = self._sampled_clients(key, [job], 120)
         return _checked(result, "mbps")
+
+    def _sampled_clients(self, key: str, jobs: List[dict], timeout: float,
+                         totals: Optional[dict] = None):
+        """run_clients, noting how many cores the proxy and the targets used while timed.
+
+        ``totals``, when given, receives the CPU seconds each used from GO to the end.
+        """
+        readers = {"targets": lambda: process_cpu(self.targets.process.pid)}
+        if key != DIRECT:
+            readers["proxy"] = self.proxies[key].total_cpu
+        sampler: List[CpuSampler] = []
+        try:
+            readies, results = run_clients(jobs, self.client_log, timeout,
+                                           before_go=lambda _: sampler.append(CpuSampler(readers)))
+        finally:
+            if sampler:
+                sampler[0].stop()
+        good = [r for r in results if "first" in r]
+        if sampler and totals is not None:
+            (_, begin), (_, end) = sampler[0].samples[0], sampler[0].samples[-1]
+            totals.update({name: end[name] - begin[name] for name in readers})
+        if sampler and good:
+            start, end = min(r["first"] for r in good), max(r["last"] for r in good)
+            cores = {name: sampler[0].cores(name, start, end) for name in readers}
+            for result in results:
+                result["cores"] = cores
+        return readies, results
 
     def _run_echo(self, scenario: Scenario, key: str, size: Optional[int], seed: int) -> dict:
         job = dict(self.endpoint(key, False), mode="echo", seed=seed, size=scenario.params["size"],
-                   messages=1000 if self.quick else 3000, warmup=200)
-        _, (result,) = run_clients([job], self.client_log, timeout=120)
+                   messages=2000 if self.quick else 5000, warmup=200)
+        cpu = {}
+        _, (result,) = self._sampled_clients(key, [job], 120, totals=cpu)
+        if cpu.get("proxy") and "messages" in result:
+            # The proxy does nothing else meanwhile: all its CPU went to these round trips.
+            result["proxy_cpu_us"] = cpu["proxy"] / (result["messages"] + job["warmup"]) * 1e6
         return _checked(result, "p50_us")
 
     def _run_workers(self, scenario: Scenario, key: str, size: int, seed: int) -> dict:
-        proxy = self.proxies[key]
         jobs = [dict(self.endpoint(key, False), mode="upstream", seed=seed + stream, nbytes=size,
                      frame=scenario.params["frame"], subprotocol="binary")
                 for stream in range(scenario.params["streams"])]
-        before = {}
-        _, results = run_clients(jobs, self.client_log, timeout=180,
-                                 before_go=lambda _: before.update(proxy.cpu_seconds()))
-        after = proxy.cpu_seconds(list(before))
+        _, results = self._sampled_clients(key, jobs, 180)
         failed = [r for r in results if "error" in r or not r.get("sha_ok")]
         if failed:
             return {"error": failed[0].get("error", "SHA-256 mismatch at the sink")}
         span = max(r["last"] for r in results) - min(r["first"] for r in results)
         total = sum(r["bytes"] for r in results)
-        cpu = sorted((round(after.get(pid, 0.0) - used, 2) for pid, used in before.items()),
-                     reverse=True)
         return {"value": total / span / 1e6, "bytes": total, "seconds": span,
-                "cpu_per_process": [c for c in cpu if c > 0.01]}
+                "cores": results[0].get("cores", {}),
+                "client_cores": sum(r.get("client_cores") or 0 for r in results)}
 
     def _run_sessions(self, scenario: Scenario, key: str, size: Optional[int], seed: int) -> dict:
         count = scenario.params["count"]
@@ -214,7 +240,7 @@ class Bench:
         proxy = self.start_proxy(key)
         try:
             sampler = MemorySampler(proxy)
-            jobs = [dict(self.endpoint(key, False), mode="sessions", seed=seed * 10 + i,
+            jobs = [dict(host="127.0.0.1", port=proxy.port, raw=False, tls=False, mode="sessions", seed=seed * 10 + i,
                          sessions=n, round_trips=5 if self.quick else 10, size=32,
                          open_concurrency=64) for i, n in enumerate(per_process)]
             readies, results = run_clients(jobs, self.client_log, timeout=300)

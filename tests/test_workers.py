@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conftest import echo_round_trip, free_port
+from conftest import echo_round_trip, free_port, wait_until
 from test_config import port_listens, wsproxy_process  # noqa: F401 (fixture)
 from wsclient import WSClient
 from wsproxy.workers import SharedCounter, WorkerPool
@@ -127,3 +127,25 @@ def test_every_worker_stops_promptly_after_connections_woke_them_all(wsproxy_pro
     run_sessions(port, 10)
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait_exit(timeout=5) == 0
+
+
+def test_workers_stop_when_the_supervisor_is_killed(wsproxy_process, echo_target):
+    port = free_port()
+    proxy = wsproxy_process("-f", "--workers", "2", "127.0.0.1:%d" % port,
+                            "127.0.0.1:%d" % echo_target.port)
+    proxy.wait_listening(port)
+    proxy.wait_for(lambda: len(started_workers(proxy.output())) == 2, "two workers")
+    worker_pids = [pid for _index, pid in started_workers(proxy.output())]
+    os.kill(proxy.pid, signal.SIGKILL)
+    proxy.wait_exit()
+
+    def all_gone():
+        for pid in worker_pids:
+            try:
+                os.kill(pid, 0)
+                return False
+            except ProcessLookupError:
+                pass
+        return True
+    wait_until(all_gone, 10, "orphaned workers to stop")
+    assert not port_listens(port)

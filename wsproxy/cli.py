@@ -444,17 +444,22 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
             daemon.remove_pid_file(settings.pid_file)
 
 
+#: How often a worker checks that its supervisor still lives (seconds).
+PARENT_CHECK_INTERVAL = 1.0
+
+
 def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
                ready_pipe: Optional[int]) -> int:
     """``--workers N``: fork N workers serving the bound socket; restart those that die."""
     numbers = workers.SharedCounter(settings.workers)
+    parent_pid = os.getpid()
 
     def serve_worker(index: int) -> int:
         server.session_number_source = lambda: numbers.next(index)
         worker_signals = SignalInbox()
         workers.unblock_signals()
         try:
-            return _serve(server, settings, handlers, worker_signals, None)
+            return _serve(server, settings, handlers, worker_signals, None, parent_pid)
         finally:
             worker_signals.close()
 
@@ -488,8 +493,14 @@ def _fail(message: object, status: int) -> int:
 
 
 def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
-           signals: SignalInbox, ready_pipe: Optional[int]) -> int:
-    """Serve until a stop signal or a lifetime limit; returns the exit status (0)."""
+           signals: SignalInbox, ready_pipe: Optional[int],
+           parent_pid: Optional[int] = None) -> int:
+    """Serve until a stop signal or a lifetime limit; returns the exit status (0).
+
+    A worker passes its supervisor's ``parent_pid``: if the supervisor dies
+    without passing a signal on (SIGKILL), the worker stops by itself
+    rather than serve on as an orphan nobody can stop with the pid file.
+    """
     serving = threading.Thread(target=server.serve_forever, name="wsproxy-accept", daemon=True)
     serving.start()
     logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
@@ -499,7 +510,13 @@ def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handl
         daemon.report_ready(ready_pipe)
     lifetime = _Lifetime(settings, time.monotonic())
     while True:
-        for signum in signals.wait(lifetime.next_wait(time.monotonic())):
+        wait = lifetime.next_wait(time.monotonic())
+        if parent_pid is not None:
+            wait = PARENT_CHECK_INTERVAL if wait is None else min(wait, PARENT_CHECK_INTERVAL)
+            if os.getppid() != parent_pid:
+                logger.warning("the supervising process is gone; stopping this worker")
+                return _stop(server)
+        for signum in signals.wait(wait):
             if signum == RELOAD_SIGNAL:
                 _reload(server, settings, handlers)
             else:

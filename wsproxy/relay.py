@@ -89,7 +89,10 @@ class Relay:
             self._downstream.join(CLOSE_TIMEOUT)
             if self._downstream.is_alive():
                 self.client.abort()
+                self._stop_target_reads()
                 self._downstream.join()
+            if self.connection.failure is not None:
+                self._linger()
             self._finished.set()
             if self._watchdog is not None:
                 self._watchdog.cancel()
@@ -197,10 +200,41 @@ class Relay:
             return False
         return True
 
+    def _linger(self) -> None:
+        """After failing the connection: FIN after our close frame, then drain.
+
+        The client may still be sending (the rest of a bad message, its
+        close reply).  Closing with those bytes unread would make the kernel
+        answer with a reset, which can destroy our close frame before the
+        client reads it (RFC 6455 §7.1.1 has the server wait for the
+        client).  So shut our write side, then read and discard until the
+        client's EOF, for at most ``CLOSE_TIMEOUT``.
+        """
+        self._flush()
+        client = self.client
+        client.shutdown_write()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        scratch = bytearray(4096)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                client.settimeout(left)
+                if not client.recv_into(scratch):
+                    break
+        except (OSError, ValueError):
+            pass
+
     def _finish_target(self) -> None:
         """After upstream ends: deliver what was written, then end the target."""
+        # The downstream pump reads on until the target's EOF (at most
+        # CLOSE_TIMEOUT): closing a socket with unread bytes in it resets the
+        # connection, and the reset destroys bytes the target has not read.
         self.target.shutdown_write()
-        # Wake the downstream pump if it is blocked reading the target.
+
+    def _stop_target_reads(self) -> None:
+        """Wake the downstream pump if it is blocked reading the target."""
         try:
             self.target.sock.shutdown(socket.SHUT_RD)
         except OSError:
@@ -216,6 +250,7 @@ class Relay:
         buffer = bytearray(_FIRST_BUFFER)
         view = memoryview(buffer)
         code, reason = CloseCode.NORMAL, "target closed the connection"
+        draining = False
         try:
             while True:
                 try:
@@ -228,6 +263,8 @@ class Relay:
                 if not count:
                     break
                 self.last_activity = time.monotonic()
+                if draining:
+                    continue
                 data = view[:count]
                 if hook is not None:
                     data = hook(data)
@@ -235,12 +272,16 @@ class Relay:
                         continue
                 with lock:
                     frames = connection.send_data(data)
-                    if not frames:
-                        break
-                    try:
-                        client.sendall(frames)
-                    except OSError:
-                        break
+                    if frames:
+                        try:
+                            client.sendall(frames)
+                        except OSError:
+                            frames = []
+                if not frames:
+                    # A close was sent or the client is gone: drop what the
+                    # target still sends, but read it until its EOF.
+                    draining = True
+                    continue
                 if connection.has_data_to_send:
                     self._flush()  # control frames queued while we were writing
                 self.bytes_to_client += len(data)

@@ -290,16 +290,26 @@ class Connection:
     def send_data(self, payload) -> list:
         """Frames carrying target bytes to the client, as a list of buffers.
 
-        Returns ``[]`` once a close was sent: RFC 6455 §5.5.1 forbids data
-        frames after it.  The payload object itself is one of the buffers
-        (binary mode), so the caller must send before reusing it.
+        Control frames already queued (pongs, a heartbeat ping) come first
+        and leave the queue: a pong queued while the client's message was
+        being read must not trail the target's answer to that message
+        (Autobahn 5.6, 5.20).  Returns ``[]`` once a close was sent: RFC 6455
+        §5.5.1 forbids data frames after it.  The payload object itself is
+        the last buffer (binary mode), so the caller must send before
+        reusing it.
         """
-        if self.close_sent:
-            return []
+        with self._close_lock:
+            # Under the lock no close can be queued meanwhile, so what is
+            # taken here is never a close that the data would then follow.
+            if self.close_sent:
+                return []
+            frames = self.data_to_send()
         if self._base64:
             text = b64.encode(payload)
-            return [encode_header(_TEXT, len(text)), text]
-        return [encode_header(_BINARY, len(payload)), payload]
+            frames += [encode_header(_TEXT, len(text)), text]
+        else:
+            frames += [encode_header(_BINARY, len(payload)), payload]
+        return frames
 
     def send_close(self, code: Optional[int] = CloseCode.NORMAL, reason: str = "") -> None:
         """Queue a close frame (once, even when both sides of a relay race to close)."""
@@ -307,7 +317,7 @@ class Connection:
             if self.close_sent:
                 return
             self.close_sent = True
-        self._replies.append(encode_frame(_CLOSE, encode_close_payload(code, reason)))
+            self._replies.append(encode_frame(_CLOSE, encode_close_payload(code, reason)))
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a ping (heartbeat); nothing after the close."""

@@ -152,6 +152,9 @@ def check_rfc6455(request: Request) -> str:
         raise HandshakeError(400, "WebSocket needs HTTP/1.1")
     if "host" not in request.headers:
         raise HandshakeError(400, "missing Host header")
+    if request.count("host") != 1:
+        # RFC 7230 §5.4: a server MUST answer 400 to more than one Host header.
+        raise HandshakeError(400, "more than one Host header")
     if not is_upgrade(request):
         raise HandshakeError(400, "missing Upgrade: websocket")
     if "upgrade" not in request.header_tokens("connection"):
