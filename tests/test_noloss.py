@@ -446,6 +446,8 @@ def test_target_close_delivers_everything_buffered(proxy, duplex_target, mode):
         receiver.reading.clear()
         # Fill every buffer between target and client (or send it all).
         wait_blocked_or_done(lambda: target.sent, target.sent_all.is_set, what="the target")
+        print("%s: %.1f MiB sent by the target before the client read a byte%s"
+              % (mode, target.sent / MIB, " (all of it)" if target.sent_all.is_set() else ""))
         receiver.reading.set()
         receiver.worker.join()
         assert receiver.count == CLOSE_PATH_SIZE, "the client got %d of %d bytes" % (
@@ -479,6 +481,8 @@ def test_client_close_delivers_everything_buffered(proxy, duplex_target, mode):
 
         sender = Worker(send_then_close, "client-send")
         wait_blocked_or_done(lambda: progress[0], closed.is_set, what="the client")
+        print("%s: %.1f MiB sent by the client before the target read a byte%s"
+              % (mode, progress[0] / MIB, " (and its close)" if closed.is_set() else ""))
         target.read_gate.set()
         sender.join()
         receiver.worker.join()

@@ -477,7 +477,7 @@ def check_input_files(settings: Settings) -> None:
     """Fail early, naming the option, when a file wsproxy must read is missing."""
     for field, want_directory in INPUT_FILES:
         path = getattr(settings, field)
-        if not path:
+        if not path or (field == "token_source" and "://" in path):
             continue
         name = config.OPTION_FOR_FIELD[field].key
         if not os.path.exists(path):

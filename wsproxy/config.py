@@ -54,6 +54,7 @@ GROUPS = (
     "Seed features",
     "Web and access control",
     "Limits and timeouts",
+    "Compression",
     "Logging and process",
 )
 
@@ -101,6 +102,23 @@ def _read_text(text: str, base_dir: str) -> str:
 
 def _read_path(text: str, base_dir: str) -> str:
     return os.path.abspath(os.path.join(base_dir, os.path.expanduser(text)))
+
+
+def _read_token_source(text: str, base_dir: str) -> str:
+    """A token file or directory (made absolute), or an http(s):// service URL as given."""
+    if text.lower().startswith(("http://", "https://")):
+        return text
+    return _read_path(text, base_dir)
+
+
+def _integer_range(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError("expected %s, got %r" % (what, text))
+    return value
 
 
 def _read_http_path(text: str, base_dir: str) -> str:
@@ -238,6 +256,9 @@ class Kind(NamedTuple):
 KINDS: Dict[str, Kind] = {
     "text": Kind(_read_text, _format_text),
     "path": Kind(_read_path, _format_text),
+    "token-source": Kind(_read_token_source, _format_text),
+    "compress-level": Kind(lambda text, base_dir: _integer_range(text, 0, 9, "a zlib level 0-9"), str),
+    "window-bits": Kind(lambda text, base_dir: _integer_range(text, 9, 15, "window bits 9-15"), str),
     "http-path": Kind(_read_http_path, _format_text),
     "tls-version": Kind(_read_tls_version, _format_text),
     "bool": Kind(lambda text, base_dir: read_bool(text), _format_bool),
@@ -255,7 +276,7 @@ KINDS: Dict[str, Kind] = {
 
 # -- the table ----------------------------------------------------------------------
 
-_L, _T, _K, _S, _F, _W, _M, _P = GROUPS
+_L, _T, _K, _S, _F, _W, _M, _C, _P = GROUPS
 
 OPTIONS: Tuple[Option, ...] = (
     # Listening (the LISTEN positional is the ``listen`` key)
@@ -263,6 +284,9 @@ OPTIONS: Tuple[Option, ...] = (
            "listen on a Unix socket at PATH instead of TCP (then give only TARGET)", _L),
     Option(("--unix-listen-mode",), "unix_listen_mode", "mode", "MODE",
            "file mode of the --unix-listen socket, octal", _L),
+    Option(("--proxy-protocol",), "proxy_protocol", "bool", None,
+           "expect a PROXY protocol v1/v2 header first on every connection, "
+           "from a --trusted-proxy only (HAProxy send-proxy)", _L),
     # Target (the TARGET positional is the ``target`` key)
     Option(("--unix-target",), "unix_target", "path", "PATH",
            "relay to a Unix socket instead of TARGET_HOST:TARGET_PORT", _T),
@@ -272,9 +296,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--target-insecure",), "target_insecure", "bool", None,
            "do not verify a TLS target's certificate (unsafe; logged as a warning)", _T),
     # Tokens
-    Option(("--token-source", "--target-config"), "token_source", "path", "PATH",
-           "choose the target by ?token=NAME from 'NAME: host:port' lines in FILE "
-           "or in every file of DIR", _K),
+    Option(("--token-source", "--target-config"), "token_source", "token-source", "SOURCE",
+           "choose the target by ?token=NAME from 'NAME: host:port' lines in a FILE, "
+           "in every file of a DIR, or from an http(s):// token service", _K),
     Option(("--host-token",), "host_token", "bool", None,
            "take the token from the Host header (its host name) instead of ?token=", _K),
     # TLS
@@ -327,6 +351,13 @@ OPTIONS: Tuple[Option, ...] = (
            "stop accepting S seconds after start and exit once no session is open (0 = off)", _M),
     Option(("--idle-timeout",), "idle_timeout", "seconds", "S",
            "exit after S seconds with no session open (0 = off)", _M),
+    # Compression
+    Option(("--compress",), "compress", "bool", None,
+           "offer RFC 7692 permessage-deflate to clients that ask for it", _C),
+    Option(("--compress-level",), "compress_level", "compress-level", "N",
+           "zlib compression level 0-9 for --compress", _C),
+    Option(("--compress-window-bits",), "compress_window_bits", "window-bits", "BITS",
+           "largest LZ77 window (9-15) wsproxy compresses with; smaller saves memory", _C),
     # Logging and process
     Option(("-f", "--foreground"), "foreground", "bool", None,
            "stay in the foreground (default: run as a daemon)", _P),

@@ -32,6 +32,7 @@ class Settings:
     listen_port: int = 0
     unix_listen: Optional[str] = None
     unix_listen_mode: int = 0o600
+    proxy_protocol: bool = False
 
     # -- target ----------------------------------------------------------------
     target_host: Optional[str] = None
@@ -73,6 +74,11 @@ class Settings:
     max_connections: int = 0
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+    # -- compression (RFC 7692 permessage-deflate) ----------------------------------
+    compress: bool = False
+    compress_level: int = 6
+    compress_window_bits: int = 15
     timeout: float = 0.0
     idle_timeout: float = 0.0
 
