@@ -332,12 +332,12 @@ class ServerFrames:
 class Receiver:
     """Reads the proxy's frames on ``ws``'s socket in a thread, decoding base64 if asked.
 
-    Counts and hashes the payload; stops at the close frame (or EOF) once
-    ``reading`` is set (it starts set).  Bytes the client read together with
+    Counts and hashes the payload; stops at the close frame (or EOF).  It
+    starts reading once ``reading`` is set (at once unless ``start`` is False).  Bytes the client read together with
     the handshake answer are taken over first.
     """
 
-    def __init__(self, ws, base64_mode: bool = False) -> None:
+    def __init__(self, ws, base64_mode: bool = False, start: bool = True) -> None:
         self.sock = ws.sock
         self._early = bytes(ws._buffer)
         ws._buffer.clear()
@@ -346,7 +346,8 @@ class Receiver:
         self.count = 0
         self.eof = False
         self.reading = threading.Event()
-        self.reading.set()
+        if start:
+            self.reading.set()
         self._text = bytearray()
         self.frames = ServerFrames(OP_TEXT if base64_mode else OP_BINARY, self._on_data)
         self.worker = Worker(self._run, "client-receive")
@@ -442,8 +443,7 @@ def test_target_close_delivers_everything_buffered(proxy, duplex_target, mode):
     target = duplex_target(outgoing, close_after_send=True)
     running = proxy(target_port=target.port)
     with open_session(running.port, protocols=[mode], timeout=TRANSFER_DEADLINE) as ws:
-        receiver = Receiver(ws, mode == "base64")
-        receiver.reading.clear()
+        receiver = Receiver(ws, mode == "base64", start=False)
         # Fill every buffer between target and client (or send it all).
         wait_blocked_or_done(lambda: target.sent, target.sent_all.is_set, what="the target")
         print("%s: %.1f MiB sent by the target before the client read a byte%s"

@@ -93,7 +93,10 @@ def redirect_output(log_path: Optional[str]) -> None:
 def write_pid_file(path: str) -> None:
     """Write our pid to ``path`` (replacing a stale file)."""
     try:
-        with open(path, "w") as handle:
+        # O_NOFOLLOW: a symlink planted at the path (say in /tmp) must not
+        # make a root daemon overwrite the file it points to.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as handle:
             handle.write("%d\n" % os.getpid())
     except OSError as exc:
         raise DaemonError("pid-file: cannot write %s: %s" % (path, exc.strerror)) from None

@@ -66,6 +66,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.recorder = None  # a wsproxy.record.Recorder with --record
         self.remote_address = self.client_address
         self._capacity_reserved = False
+        self._handshaking = True
         self.user: Optional[str] = None
         #: One deadline for the whole handshake: sniff, TLS and HTTP.
         self.handshake_deadline = time.monotonic() + self.settings.handshake_timeout
@@ -105,6 +106,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         except OSError as exc:
             logger.info("%sconnection failed: %s", self.log_prefix, exc)
         finally:
+            self._leave_handshake()
             if self.target_stream is not None:
                 self.target_stream.close()
             if self._capacity_reserved:
@@ -112,6 +114,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
 
     def finish(self) -> None:
         # rfile/wfile are unbuffered views of the stream: nothing to flush.
+        self._leave_handshake()  # also when setup() already finished the connection
         # RFC 8446 §6.1: end a TLS connection with close_notify.
         if self.stream is not None and self.stream.secure:
             self.stream.shutdown_write()
@@ -411,6 +414,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         register = getattr(self.server, "register_session", None)
         if register is not None:
             register(self)
+        self._leave_handshake()
         logger.info("%sopen to %s (%s%s)", self.log_prefix, target, protocol,
                     ", " + subprotocol if subprotocol else "")
         started = time.monotonic()
@@ -479,6 +483,15 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self.relay.close(code, reason)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _leave_handshake(self) -> None:
+        """Tell a :class:`ProxyServer` (once) that this connection stopped handshaking."""
+        if not self._handshaking:
+            return
+        self._handshaking = False
+        finished = getattr(self.server, "handshake_finished", None)
+        if finished is not None:
+            finished()
 
     def _send_raw(self, data: bytes) -> None:
         try:

@@ -37,6 +37,8 @@ _TLS_VERSIONS = {
 }
 #: How long :meth:`ProxyServer.shutdown` waits for sessions to finish closing.
 SHUTDOWN_GRACE = 5.0
+#: Connections allowed in the handshake phase at once (see ``process_request``).
+MAX_PENDING_HANDSHAKES = 2048
 #: Unanswered heartbeat pings before a session is closed.
 HEARTBEAT_MISSES = 3
 
@@ -70,6 +72,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
         self._reserved = 0
+        self._pending_handshakes = 0
+        self._crowded_logged = 0.0
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
@@ -101,6 +105,33 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         # leave the others stuck in it, deaf to shutdown(): socketserver
         # treats the non-blocking accept's "nothing there" as no request.
         self.socket.setblocking(False)
+
+    def process_request(self, request, client_address) -> None:
+        """Start the connection's thread, unless too many are still handshaking.
+
+        Every connection gets a thread before anything is known of it, so
+        a flood of silent connections could otherwise exhaust threads and
+        memory: past ``MAX_PENDING_HANDSHAKES`` connections that have not
+        finished their handshake, new ones are closed at once.
+        """
+        with self._sessions_lock:
+            crowded = self._pending_handshakes >= MAX_PENDING_HANDSHAKES
+            if not crowded:
+                self._pending_handshakes += 1
+        if crowded:
+            now = time.monotonic()
+            if now - self._crowded_logged >= 1.0:  # one line a second at most
+                self._crowded_logged = now
+                logger.warning("%d connections still handshaking; refusing new ones "
+                               "(e.g. %s)", MAX_PENDING_HANDSHAKES, format_address(client_address))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handshake_finished(self) -> None:
+        """A connection left the handshake phase (its session began, or it ended)."""
+        with self._sessions_lock:
+            self._pending_handshakes -= 1
 
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
