@@ -1,4 +1,4 @@
-"""The server's own bound on connections still handshaking (thread exhaustion).
+"""Fixes from the security review (docs/security.md): bounds and file safety.
 
 Every accepted connection gets a thread before anything is known of it;
 a flood of silent connections must not grow threads without bound.
@@ -49,3 +49,16 @@ def test_the_pending_count_returns_to_zero_after_sessions_and_refusals(proxy):
         pass
     sock.close()
     wait_until(lambda: running.server._pending_handshakes == 0, 5, "pending count back to 0")
+
+
+def test_pid_file_symlink_is_refused(tmp_path):
+    from test_config import run_wsproxy
+    from conftest import free_port
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "wsproxy.pid"
+    link.symlink_to(victim)
+    result = run_wsproxy("-f", "--pid-file", str(link), "127.0.0.1:%d" % free_port(), "127.0.0.1:9")
+    assert result.returncode != 0
+    assert "pid-file" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_text() == "precious\n"
