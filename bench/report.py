@@ -144,6 +144,11 @@ def _notes(scenario: Scenario, results: Results, key: str, runs: Dict[int, dict]
             notes.append("cores used: " + ", ".join(
                 "%s %s" % (part, _fmt(c, 2)) for part, c in zip(("proxy", "targets", "client"), cores)
                 if c is not None))
+    if scenario.kind == "workers":
+        shares = [run["worker_share"] for run in ok_runs(results, name, key).values() if run.get("worker_share")]
+        if shares:
+            notes.append("CPU split between workers: " + ", ".join(
+                "/".join("%.0f%%" % (100 * part) for part in sorted(share, reverse=True)) for share in shares))
     errors = [run["error"] for run in runs.values() if "error" in run]
     if errors:
         notes.append("error: %s" % errors[0][:80])

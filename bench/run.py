@@ -285,7 +285,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         bench = Bench(targets, running, lambda key: RunningProxy(KINDS[key], targets.port, log_dir),
                       log_dir, settings.quick)
         runner = Runner(bench, settings, scenarios)
+        started = time.monotonic()
         runner.run()
+        info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+        info["duration of the rounds"] = "%.0f s" % (time.monotonic() - started)
         profiles: List[str] = []
         if options.profile is not None:
             profiles = profiling.profile_scenarios(

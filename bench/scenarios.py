@@ -222,7 +222,11 @@ class Bench:
         jobs = [dict(self.endpoint(key, False), mode="upstream", seed=seed + stream, nbytes=size,
                      frame=scenario.params["frame"], subprotocol="binary")
                 for stream in range(scenario.params["streams"])]
+        proxy = self.proxies[key]
+        workers = proxy.children() or [proxy.pid]
+        before = {pid: process_cpu(pid) for pid in workers}
         _, results = self._sampled_clients(key, jobs, 180)
+        used = [process_cpu(pid) - cpu for pid, cpu in before.items()]
         failed = [r for r in results if "error" in r or not r.get("sha_ok")]
         if failed:
             return {"error": failed[0].get("error", "SHA-256 mismatch at the sink")}
@@ -230,7 +234,8 @@ class Bench:
         total = sum(r["bytes"] for r in results)
         return {"value": total / span / 1e6, "bytes": total, "seconds": span,
                 "cores": results[0].get("cores", {}),
-                "client_cores": sum(r.get("client_cores") or 0 for r in results)}
+                "client_cores": sum(r.get("client_cores") or 0 for r in results),
+                "worker_share": [u / sum(used) for u in used] if len(used) > 1 and sum(used) > 0 else None}
 
     def _run_sessions(self, scenario: Scenario, key: str, size: Optional[int], seed: int) -> dict:
         count = scenario.params["count"]

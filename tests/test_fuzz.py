@@ -7,14 +7,16 @@ few at a time over parallel connections against one proxy per test.
 
 What each case must get back:
 
-- a mutated handshake: an HTTP status in the set its mutation allows (a
-  harmless mutation still gets 101, a broken one 4xx), or the connection
-  simply ends when the request never ended;
-- a mutated frame stream after a good handshake: :func:`expected_outcome`
-  reads the stream the way RFC 6455 says a server must and gives the close
-  codes allowed for the first violation (1002, 1007, 1009), the clean
-  close's echo, or the plain end of the connection for a stream cut short;
-  also the pongs owed and the payload the echo target sends back.
+- a mutated handshake (RFC 6455, and the hixie-75/76 drafts): an HTTP
+  status in the set its mutation allows (a harmless mutation still gets
+  101, with the right accept value or hixie-76 answer, a broken one 4xx),
+  or the connection simply ends when the request never ended;
+- a mutated frame stream after a good handshake, in binary and in base64
+  mode: :func:`expected_outcome` reads the stream the way RFC 6455 (and
+  RFC 4648 for base64) says a server must and gives the close codes
+  allowed for the first violation (1002, 1007, 1009), the clean close's
+  echo, or the plain end of the connection for a stream cut short; also
+  the pongs owed and the payload the echo target sends back.
 
 Never a hang (every wait has a deadline), never a traceback in the log, and
 afterwards the server serves a normal session and the process is back to
@@ -23,6 +25,7 @@ the threads and file descriptors it had before the batch.
 
 import base64
 import codecs
+import hashlib
 import os
 import random
 import re
@@ -35,15 +38,17 @@ from dataclasses import dataclass, field
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from conftest import echo_round_trip, wait_until
-from wsclient import (OP_BINARY, OP_CLOSE, OP_PONG, ClientError, ConnectionClosed, Timeout,
+from wsclient import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ClientError, ConnectionClosed,
                       WSClient, accept_for, close_payload, mask_bytes, open_session, parse_close)
 
 #: Fixed seeds: change them only together with the case counts below.
 HANDSHAKE_SEED = 6455
 FRAME_SEED = 1006
+BASE64_SEED = 4648
 #: Case counts (a few thousand in all, well under a minute).
-HANDSHAKE_CASES = 1400
-FRAME_CASES = 1400
+HANDSHAKE_CASES = 2000
+FRAME_CASES = 2500
+BASE64_CASES = 800
 #: Requests that stop in the middle and then stay silent until the proxy gives up.
 SILENT_CASES = 24
 #: Connections driven at once.
@@ -122,7 +127,8 @@ class HandshakeCase:
 
     ``pieces`` are sent one system call each; ``then`` is ``"fin"`` (shut
     down our write side after the request) or ``"wait"`` (keep it open).
-    ``allowed`` holds the HTTP statuses (and :data:`EOF`) that may answer.
+    ``allowed`` holds the HTTP statuses (and :data:`EOF`) that may answer,
+    or the one :class:`HixieAnswer` a hixie-76 request must get.
     ``key`` is the request's valid key when a 101 must carry its accept value.
     """
 
@@ -309,6 +315,59 @@ def _binary_junk(rng, key, headers):
     return "binary junk", junk, frozenset(allowed)
 
 
+def hixie76_key(rng: random.Random) -> Tuple[str, int]:
+    """A hixie-76 ``Sec-WebSocket-Key1/2`` value and the number it stands for (§4.1 step 17-26)."""
+    spaces = rng.randint(1, 12)
+    number = rng.randint(0, 0xFFFFFFFF // spaces)
+    chars = list(str(number * spaces))
+    for _ in range(rng.randint(1, 12)):
+        chars.insert(rng.randrange(len(chars) + 1), chr(rng.choice(
+            list(range(0x21, 0x30)) + list(range(0x3A, 0x7F)))))
+    for _ in range(spaces):
+        chars.insert(rng.randint(1, len(chars) - 1), " ")
+    return "".join(chars), number
+
+
+def _hixie(rng, key, headers):
+    """The drafts before RFC 6455 (hixie-75, hixie-76), whole or broken."""
+    base = [("Host", "127.0.0.1"), ("Upgrade", "WebSocket"), ("Connection", "Upgrade"),
+            ("Origin", "http://127.0.0.1")]
+    if rng.random() < 0.2:
+        return "hixie-75", render(base), frozenset([101])
+    key1, number1 = hixie76_key(rng)
+    key2, number2 = hixie76_key(rng)
+    key3 = random_bytes(rng, 8)
+    answer = hashlib.md5(struct.pack(">II", number1, number2) + key3).digest()
+    broken = rng.choice([None, None, "no digits", "no spaces", "not a multiple", "over 32 bits",
+                         "key1 alone", "key3 short"])
+    if broken == "no digits":
+        key1 = "abc def"
+    elif broken == "no spaces":
+        key1 = key1.replace(" ", "")
+    elif broken == "not a multiple":
+        key1 = "1 1 1"  # 111 is not a multiple of 2 spaces
+    elif broken == "over 32 bits":
+        key1 = "9" * rng.choice([11, 20, 2000]) + " "
+    headers = base + [("Sec-WebSocket-Key1", key1)]
+    if broken != "key1 alone":
+        headers.append(("Sec-WebSocket-Key2", key2))
+    if broken == "key3 short":  # then FIN: the request never ends
+        return "hixie-76 key3 short", render(headers) + key3[:rng.randrange(8)], frozenset([EOF])
+    if broken is not None:
+        return "hixie-76 %s" % broken, render(headers) + key3, frozenset([400])
+    return "hixie-76", render(headers) + key3, frozenset([HixieAnswer(answer)])
+
+
+@dataclass(frozen=True)
+class HixieAnswer:
+    """The only good answer to a hixie-76 request: 101 and this 16-byte challenge answer."""
+
+    answer: bytes
+
+    def __str__(self) -> str:
+        return "101+%s" % self.answer.hex()
+
+
 def _lf_only(rng, key, headers):
     # Bare LF line ends: the head never ends the way the proxy reads it.
     return "bare LF lines", render(headers, line_end="\n"), frozenset([400, EOF])
@@ -317,7 +376,7 @@ def _lf_only(rng, key, headers):
 MUTATIONS = [
     (_harmless, 14), (_bad_key, 8), (_missing_key, 2), (_bad_version, 8), (_duplicated, 8),
     (_folded, 6), (_bad_request_line, 8), (_bad_header_line, 8), (_missing_header, 5),
-    (_oversized, 4), (_binary_junk, 10), (_lf_only, 2), ("truncated", 12),
+    (_oversized, 4), (_binary_junk, 10), (_lf_only, 2), ("truncated", 12), (_hixie, 8),
 ]
 
 
@@ -332,14 +391,15 @@ def handshake_case(index: int, seed: int = HANDSHAKE_SEED) -> HandshakeCase:
         whole = render(headers)
         cut = rng.randrange(len(whole) - 1)  # never the whole blank line
         data = whole[:cut]
-        return HandshakeCase(index, "truncated at %d" % cut, random_pieces(rng, data) if data else [],
-                             "fin", frozenset([EOF]))
+        pieces = random_pieces(rng, data) if data else []
+        return HandshakeCase(index, "truncated at %d" % cut, pieces, "fin", frozenset([EOF]))
     name, data, allowed = mutation(rng, key, headers)
+    opens = 101 in allowed or any(isinstance(item, HixieAnswer) for item in allowed)
     # A request that never ends is followed by FIN (silence is tried apart).
-    ended = b"\r\n\r\n" in data or len(data) >= MAX_HEADER_SIZE
-    then = "wait" if 101 in allowed or ended and rng.random() < 0.5 else "fin"
+    ended = b"\r\n\r\n" in data and EOF not in allowed or len(data) >= MAX_HEADER_SIZE
+    then = "wait" if opens or ended and rng.random() < 0.5 else "fin"
     return HandshakeCase(index, name, random_pieces(rng, data), then, allowed,
-                         key if 101 in allowed else None)
+                         key if 101 in allowed and not name.startswith("hixie") else None)
 
 
 def check_handshake(port: int, case: HandshakeCase) -> None:
@@ -363,12 +423,29 @@ def check_handshake(port: int, case: HandshakeCase) -> None:
                 raise CaseFailure("connection ended without an answer%s"
                                   % (" (reset)" if ws.reset_seen else ""))
             return
+        hixie = [item for item in case.allowed if isinstance(item, HixieAnswer)]
+        if hixie and response.status == 101:
+            # hixie-76 §5.2: the 16-byte answer follows the blank line.
+            ws._fill(16, time.monotonic() + CASE_DEADLINE, "the hixie-76 answer")
+            answer = bytes(ws._buffer[:16])
+            del ws._buffer[:16]
+            if answer != hixie[0].answer:
+                raise CaseFailure("hixie-76 answer %s, expected %s" % (answer.hex(), hixie[0]))
+            ws.send_raw(b"\xff\x00", tolerate_close=True)  # the drafts' closing handshake
+            ws.expect_closed()
+            return
         if response.status not in case.allowed:
             raise CaseFailure("answered %d: %r" % (response.status, response.raw[:300]))
         if response.status != 101:
             extra = ws.expect_closed()
             if extra:
                 raise CaseFailure("bytes after the %d answer: %r" % (response.status, extra[:100]))
+            return
+        if case.mutation == "hixie-75":
+            if response.header("WebSocket-Location") != "ws://127.0.0.1/":
+                raise CaseFailure("hixie-75 answer without the location: %r" % response.raw)
+            ws.send_raw(b"\xff\x00", tolerate_close=True)
+            ws.expect_closed()
             return
         if case.key is not None and response.header("Sec-WebSocket-Accept") != accept_for(case.key):
             raise CaseFailure("101 with a wrong accept value: %r" % response.raw)
@@ -604,11 +681,13 @@ def random_frames(rng: random.Random) -> List[FrameSpec]:
         return [frame(rng, rng.choice([_CLOSE, _PING, _PONG]),
                       random_bytes(rng, rng.choice([126, 127, 200, 65536])), label=kind)]
     if kind == "top bit":  # §5.2: the most significant bit of a 64-bit length MUST be 0
-        spec = frame(rng, rng.choice([_BINARY, _TEXT, _CONT]), random_bytes(rng, 16), fin, label=kind)
+        spec = frame(rng, rng.choice([_BINARY, _TEXT, _CONT]), random_bytes(rng, 16), fin,
+                     label=kind)
         spec.length = (1 << 63) | rng.getrandbits(63)
         return [spec]
     if kind == "wrong mask":  # meant for one key, sent with another
-        meant = rng.choice([random_text(rng, rng.randint(1, 100)), close_body(rng)[0] or b"\x03\xe8"])
+        meant = rng.choice([random_text(rng, rng.randint(1, 100)),
+                            close_body(rng)[0] or b"\x03\xe8"])
         opcode = rng.choice([_TEXT, _CLOSE, _PING]) if len(meant) <= 125 else _TEXT
         return [frame(rng, opcode, mask_bytes(meant, random_bytes(rng, 4)), label=kind)]
     if kind == "random header":
@@ -636,7 +715,8 @@ def valid_frame(rng: random.Random, state: dict) -> FrameSpec:
     """
     if rng.random() < 0.25:
         opcode = rng.choice([_PING, _PING, _PONG])
-        return frame(rng, opcode, random_bytes(rng, rng.choice([0, 1, 8, 125])), label="valid ping/pong")
+        return frame(rng, opcode, random_bytes(rng, rng.choice([0, 1, 8, 125])),
+                     label="valid ping/pong")
     message = state.get("open") or rng.choice([_BINARY, _TEXT])
     opcode = _CONT if state.get("open") else message
     fin = rng.random() < 0.5
@@ -659,6 +739,40 @@ def valid_frame(rng: random.Random, state: dict) -> FrameSpec:
         "" if fin else " (more to come)"))
 
 
+#: What may not appear in base64 text (RFC 4648 §4): outside the alphabet,
+#: padding where it cannot be, the URL-safe alphabet, whitespace.
+BASE64_SPOILERS = (b"!", b"=", b"A=", b"AB=C", b"====", b" ", b"\n", b"\r\n", b"-", b"_",
+                   b"\xff", b"\x00", b"A===", b"AAA==")
+
+
+def valid_base64_frame(rng: random.Random, state: dict) -> FrameSpec:
+    """A legal frame for base64 mode: base64 text cut anywhere across fragments.
+
+    ``state`` holds the open message's opcode and the part of its text not
+    sent yet.  Each message is the base64 of some bytes, padded on its own.
+    """
+    if rng.random() < 0.2:
+        return frame(rng, rng.choice([_PING, _PONG]), random_bytes(rng, rng.choice([0, 5, 125])),
+                     label="valid ping/pong")
+    if not state.get("open"):
+        if rng.random() < 0.1:
+            return frame(rng, _BINARY, random_bytes(rng, payload_size(rng)), rng.random() < 0.7,
+                         label="binary in base64 mode")
+        state["open"] = _TEXT
+        state["text"] = base64.b64encode(random_bytes(rng, payload_size(rng) % 5000))
+        opcode = _TEXT
+    else:
+        opcode = _CONT
+    text = state["text"]
+    take = rng.choice([len(text), rng.randrange(len(text) + 1), rng.randrange(5)])
+    piece, state["text"] = text[:take], text[take:]
+    fin = not state["text"]
+    if fin:
+        state["open"] = None
+    return frame(rng, opcode, piece, fin, label="base64 %s%s" % (
+        "continuation" if opcode == _CONT else "text", "" if fin else " (more to come)"))
+
+
 @dataclass
 class FrameCase:
     """A frame stream to send after a good handshake, and how it ends.
@@ -669,6 +783,8 @@ class FrameCase:
     """
 
     index: int
+    seed: int
+    mode: str
     frames: List[FrameSpec]
     ending: str
 
@@ -678,23 +794,35 @@ class FrameCase:
 
     @property
     def kind(self) -> str:
-        return expected_outcome(self.frames).why
+        return expected_outcome(self.frames, self.mode == "base64").why
 
     def describe(self) -> str:
-        labels = ", ".join("%s%s" % (spec.label, "" if spec.complete else " (cut at %d)" % spec.sent)
+        labels = ", ".join(spec.label + ("" if spec.complete else " (cut at %d)" % spec.sent)
                            for spec in self.frames)
-        return "frame case %d/%d [%s] ending %s, stream %r" % (
-            FRAME_SEED, self.index, labels, self.ending, self.stream[:120])
+        return "%s frame case %d/%d [%s] ending %s, stream %r" % (
+            self.mode, self.seed, self.index, labels, self.ending, self.stream[:120])
 
 
-def frame_case(index: int, seed: int = FRAME_SEED) -> FrameCase:
-    """Rebuild frame case ``index`` of ``seed``."""
+def frame_case(index: int, seed: int = FRAME_SEED, mode: str = "binary") -> FrameCase:
+    """Rebuild frame case ``index`` of ``seed`` for subprotocol ``mode``."""
     rng = random.Random(seed * 1000003 + index)
     frames = []  # type: List[FrameSpec]
     valid_only = rng.random() < 0.4
     state = {}  # type: dict
     for _ in range(rng.randint(1, 8)):
-        if valid_only or rng.random() < 0.3:
+        if mode == "base64":
+            if valid_only or rng.random() < 0.7:
+                frames.append(build_wire(valid_base64_frame(rng, state)))
+                continue
+            if rng.random() < 0.5:  # one bad piece of base64 inside a message
+                spec = valid_base64_frame(rng, state)
+                at = rng.randrange(len(spec.payload) + 1)
+                spec.payload = spec.payload[:at] + rng.choice(BASE64_SPOILERS) + spec.payload[at:]
+                spec.length = len(spec.payload)
+                spec.label += " (spoilt)"
+                frames.append(build_wire(spec))
+                continue
+        elif valid_only or rng.random() < 0.3:
             frames.append(build_wire(valid_frame(rng, state)))
             continue
         frames.extend(build_wire(spec) for spec in random_frames(rng))
@@ -703,7 +831,7 @@ def frame_case(index: int, seed: int = FRAME_SEED) -> FrameCase:
     last = frames[-1]
     if len(last.payload) < last.length:  # declared more than we have: cut short
         last.sent = len(last.wire)
-        return FrameCase(index, frames, "cut")
+        return FrameCase(index, seed, mode, frames, "cut")
     ending = rng.choices(["close", "fin", "cut"], [5, 3, 3])[0]
     if ending == "close":
         frames.append(build_wire(frame(rng, _CLOSE, close_payload(rng.choice(VALID_CLOSE_CODES),
@@ -712,7 +840,7 @@ def frame_case(index: int, seed: int = FRAME_SEED) -> FrameCase:
         extra = [build_wire(spec) for spec in random_frames(rng)][0]
         extra.sent = rng.randrange(len(extra.wire))
         frames.append(extra)
-    return FrameCase(index, frames, ending)
+    return FrameCase(index, seed, mode, frames, ending)
 
 
 @dataclass
@@ -726,8 +854,12 @@ class Expected:
     why: str = ""
 
 
-def header_violation(spec: FrameSpec, message: Optional[int], text_size: int) -> Optional[int]:
-    """The close code a server must send for ``spec``'s header, or None (RFC 6455 §5)."""
+def header_violation(spec: FrameSpec, message: Optional[int], text_size: int,
+                     base64_mode: bool = False) -> Optional[int]:
+    """The close code a server must send for ``spec``'s header, or None (RFC 6455 §5).
+
+    In base64 mode text is decoded as it streams, so no message is too big.
+    """
     opcode = spec.opcode
     if spec.rsv:
         return 1002  # §5.2: RSV bits MUST be 0 without an extension
@@ -743,18 +875,53 @@ def header_violation(spec: FrameSpec, message: Optional[int], text_size: int) ->
         return 1002  # §5.4: nothing to continue
     if opcode in (_TEXT, _BINARY) and message is not None:
         return 1002  # §5.4: a new message inside a fragmented one
-    if opcode in (_TEXT, _CONT) and (message if opcode == _CONT else _TEXT) == _TEXT:
+    if opcode in (_TEXT, _CONT) and (message if opcode == _CONT else _TEXT) == _TEXT \
+            and not base64_mode:
         size = (text_size if opcode == _CONT else 0) + spec.length
         if size > MAX_MESSAGE_SIZE:
             return 1009  # §7.4.1: too big to process (the proxy holds text to check it)
     return None
 
 
-def expected_outcome(frames: Sequence[FrameSpec]) -> Expected:
-    """How a server that follows RFC 6455 answers these frames (binary mode, echo target).
+_BASE64_GROUP = re.compile(rb"[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=")
+_BASE64_START = re.compile(rb"[A-Za-z0-9+/]{0,3}|[A-Za-z0-9+/]{2}=")
 
-    Data frames are relayed: binary payload at once, text once its message
-    is complete and valid UTF-8.  The first violation fails the connection
+
+class Base64Text:
+    """The client's base64 text stream, read group by group (RFC 4648 §4).
+
+    Messages may be padded each on its own, so a padded group may appear
+    anywhere in the stream, and a group may be split across frames and
+    messages.
+    """
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, text: bytes) -> Tuple[bytes, bool]:
+        """Decode the whole groups of ``text``; return ``(decoded, still_valid)``.
+
+        Once invalid, ``decoded`` holds what the groups before the fault gave.
+        """
+        data = self.pending + text
+        out = bytearray()
+        at = 0
+        while len(data) - at >= 4:
+            group = data[at:at + 4]
+            if not _BASE64_GROUP.fullmatch(group):
+                return bytes(out), False
+            out += base64.b64decode(group)
+            at += 4
+        self.pending = data[at:]
+        return bytes(out), _BASE64_START.fullmatch(self.pending) is not None
+
+
+def expected_outcome(frames: Sequence[FrameSpec], base64_mode: bool = False) -> Expected:
+    """How a server that follows RFC 6455 answers these frames (echo target).
+
+    Data frames are relayed: binary payload at once; in binary mode text
+    once its message is complete and valid UTF-8, in base64 mode the
+    decoded text as it arrives.  The first violation fails the connection
     with its code; a valid close is echoed; a stream that just stops (EOF)
     ends the connection without a close frame.
     """
@@ -762,10 +929,11 @@ def expected_outcome(frames: Sequence[FrameSpec]) -> Expected:
     decoder = None
     text_parts = []  # type: List[bytes]
     text_size = 0
+    base64_text = Base64Text()
     data = bytearray()
     pongs = []  # type: List[bytes]
     for spec in frames:
-        violation = header_violation(spec, message, text_size)
+        violation = header_violation(spec, message, text_size, base64_mode)
         if not spec.header_complete:
             # Cut inside the header: the proxy may or may not have seen enough of it.
             return Expected(frozenset([violation]) if violation else frozenset(), True, pongs,
@@ -781,6 +949,12 @@ def expected_outcome(frames: Sequence[FrameSpec]) -> Expected:
                     decoder, text_parts, text_size = _Utf8Decoder(), [], 0
             if message == _BINARY:
                 data += payload
+            elif base64_mode:
+                decoded, valid = base64_text.feed(payload)
+                data += decoded
+                if not valid:
+                    return Expected(frozenset([1007]), False, pongs, bytes(data),
+                                    "%s: not base64" % spec.label)
             else:
                 try:
                     decoder.decode(payload, spec.complete and spec.fin)
@@ -792,7 +966,7 @@ def expected_outcome(frames: Sequence[FrameSpec]) -> Expected:
             if not spec.complete:
                 return Expected(frozenset(), True, pongs, bytes(data), "cut in a payload")
             if spec.fin:
-                if message == _TEXT:
+                if message == _TEXT and not base64_mode:
                     data += b"".join(text_parts)
                 message = None
             continue
@@ -828,8 +1002,8 @@ def _close_answer(body: bytes, pongs: List[bytes], data: bytes) -> Expected:
 
 
 def check_frames(port: int, case: FrameCase) -> None:
-    expected = expected_outcome(case.frames)
-    with open_session(port, protocols=["binary"], timeout=CASE_DEADLINE) as ws:
+    expected = expected_outcome(case.frames, case.mode == "base64")
+    with open_session(port, protocols=[case.mode], timeout=CASE_DEADLINE) as ws:
         if ws.send_raw(case.stream, tolerate_close=True) and case.ending != "close":
             try:
                 ws.sock.shutdown(socket.SHUT_WR)
@@ -844,8 +1018,14 @@ def check_frames(port: int, case: FrameCase) -> None:
                 if exc.partial:
                     raise CaseFailure("connection ended inside a frame: %r" % exc.partial[:60])
                 break
-            if received.opcode == OP_BINARY:
+            if received.opcode == OP_BINARY and case.mode == "binary":
                 data += received.payload
+            elif received.opcode == OP_TEXT and case.mode == "base64":
+                try:  # each message is base64 on its own
+                    data += base64.b64decode(received.payload, validate=True)
+                except ValueError:
+                    raise CaseFailure("a text message that is not base64: %r"
+                                      % received.payload[:60]) from None
             elif received.opcode == OP_PONG:
                 pongs.append(received.payload)
             elif received.opcode == OP_CLOSE:
@@ -886,6 +1066,18 @@ def test_fuzzed_frame_streams(proxy, wsproxy_log):
     wait_for_baseline(threads, fds)
 
 
+def test_fuzzed_base64_frame_streams(proxy, wsproxy_log):
+    running = proxy(max_message_size=MAX_MESSAGE_SIZE)
+    echo_round_trip(running.port)
+    threads, fds = threading.active_count(), open_fds()
+    cases = [frame_case(index, BASE64_SEED, "base64") for index in range(BASE64_CASES)]
+    failures = run_cases(cases, lambda case: check_frames(running.port, case))
+    assert not failures, report("base64 frame", len(cases), failures)
+    wsproxy_log.assert_no_traceback()
+    echo_round_trip(running.port)
+    wait_for_baseline(threads, fds)
+
+
 def test_the_oracle_knows_the_basic_answers():
     """The expectations themselves, on hand-made streams (so a wrong oracle cannot pass)."""
     rng = random.Random(1)
@@ -901,5 +1093,10 @@ def test_the_oracle_knows_the_basic_answers():
     assert expected_outcome([good]).eof_ok and expected_outcome([good]).data == b"data"
     big = build_wire(frame(rng, _TEXT, b"a" * (MAX_MESSAGE_SIZE + 1)))
     assert expected_outcome([big]).codes == frozenset([1009])
+    pieces = [build_wire(frame(rng, _TEXT, b"QUJ", False)), ping,
+              build_wire(frame(rng, _CONT, b"DQQ==")), build_wire(frame(rng, _TEXT, b"QQ=A"))]
+    base64_answer = expected_outcome(pieces, base64_mode=True)
+    assert base64_answer.data == b"ABCA" and base64_answer.codes == frozenset([1007])
+    assert expected_outcome(pieces[:3], base64_mode=True).eof_ok
     assert handshake_case(5) == handshake_case(5), "cases must be reproducible"
     assert frame_case(7).stream == frame_case(7).stream

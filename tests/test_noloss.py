@@ -333,8 +333,8 @@ class Receiver:
     """Reads the proxy's frames on ``ws``'s socket in a thread, decoding base64 if asked.
 
     Counts and hashes the payload; stops at the close frame (or EOF).  It
-    starts reading once ``reading`` is set (at once unless ``start`` is False).  Bytes the client read together with
-    the handshake answer are taken over first.
+    starts once ``reading`` is set (at once unless ``start`` is False), with
+    the bytes the client read together with the handshake answer.
     """
 
     def __init__(self, ws, base64_mode: bool = False, start: bool = True) -> None:
@@ -421,7 +421,8 @@ def test_both_directions_at_once_lose_nothing(proxy, duplex_target, mode, size):
         sender = Worker(lambda: send_stream(ws.sock, upstream, base64_mode), "client-send")
         sender.join()
         wait_until(lambda: receiver.count >= size or receiver.worker.done.is_set(),
-                   TRANSFER_DEADLINE, lambda: "the target's %d bytes (got %d)" % (size, receiver.count))
+                   TRANSFER_DEADLINE,
+                   lambda: "the target's %d bytes (got %d)" % (size, receiver.count))
         assert receiver.frames.close is None, "closed early: %r" % (receiver.frames.close,)
         finish_with_close(ws, receiver)
     target.join()
