@@ -22,7 +22,7 @@ import time
 from typing import Callable, Optional, Tuple, Union
 
 from . import auth, tokens, web
-from .protocol import handshake, hixie
+from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
 from .protocol.handshake import Request
@@ -76,8 +76,15 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         else:
             prepared = (SocketStream(self.request), b"")
         self.stream = prepared[0] if prepared else None
+        #: The balancer's address when a PROXY protocol header named the client.
+        self.proxy_address = None
         if prepared:
             self.initial_data = prepared[1]
+            if len(prepared) > 2 and prepared[2] != self.client_address:
+                # --proxy-protocol: the header named the real client; it is
+                # the client for logs, access decisions and forwarded headers.
+                self.proxy_address = self.client_address
+                self.client_address = self.remote_address = prepared[2]
         self.connection = self.request
         self.rfile = self.wfile = None
         if self.stream is not None:
@@ -87,6 +94,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         number = getattr(self.server, "next_session_number", None)
         self.number = number() if number else id(self)
         self.log_prefix = "session %d %s: " % (self.number, format_address(self.client_address))
+        if self.proxy_address is not None:
+            self.log_prefix = "session %d %s (via %s): " % (self.number, format_address(
+                self.client_address), format_address(self.proxy_address))
 
     def handle(self) -> None:
         if self.stream is None:
@@ -157,7 +167,11 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         token_table = getattr(self.server, "token_table", None)
         if token_table is not None:
             token = tokens.token_from_request(request.target, request.headers, settings.host_token)
-            target = token_table.lookup(token) if token else None
+            try:
+                target = token_table.lookup(token) if token else None
+            except tokens.TokenServiceError as exc:
+                logger.warning("%s%s", self.log_prefix, exc)
+                raise HandshakeError(503, "token service unavailable") from None
             if target is None:
                 raise HandshakeError(404, "unknown or missing token")
             if settings.ssl_target and not target.tls and target.unix is None:
@@ -266,9 +280,17 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             key = handshake.check_rfc6455(request)
             subprotocol = handshake.choose_subprotocol(
                 request.header_tokens("sec-websocket-protocol"))
-            answer = handshake.accept_response(key, subprotocol)
+            # RFC 7692: permessage-deflate only when asked for, never for hixie.
+            agreed = None
+            if self.settings.compress:
+                agreed = deflate.negotiate(request.headers.get("sec-websocket-extensions"),
+                                           self.settings.compress_window_bits)
+            answer = handshake.accept_response(
+                key, subprotocol,
+                {"Sec-WebSocket-Extensions": agreed.response_header()} if agreed else {})
             protocol = "rfc6455"
-            connection = Connection(subprotocol, self.settings.max_message_size)
+            connection = Connection(subprotocol, self.settings.max_message_size,
+                                    deflate=agreed, compress_level=self.settings.compress_level)
         refusal = self.check_request(request)
         if refusal is not None:
             status = int(refusal)

@@ -1,10 +1,11 @@
-"""The listening server: accept, sniff the first bytes, TLS, limits, shutdown.
+"""The listening server: accept, PROXY header, sniff the first bytes, TLS, limits, shutdown.
 
 :class:`ProxyServer` is a ``socketserver.ThreadingTCPServer``; each accepted
 connection gets its own thread, and everything that may wait on the client
-(the first-byte sniff, the TLS handshake, the HTTP handshake) runs there,
-bounded by ``handshake_timeout``, so a silent or slow client never delays
-anyone else's accept.
+(the PROXY protocol header with ``--proxy-protocol``, the first-byte sniff,
+the TLS handshake, the HTTP handshake) runs there, bounded by
+``handshake_timeout``, so a silent or slow client never delays anyone
+else's accept.
 """
 
 import itertools
@@ -17,16 +18,16 @@ import ssl
 import stat
 import threading
 import time
-from typing import Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .auth import AuthTable
-from .handler import ProxyRequestHandler
-from .protocol import sniff
+from .handler import ProxyRequestHandler, _is_trusted, _networks
+from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
-from .tokens import TokenTable
+from .tokens import open_token_source
 
 logger = logging.getLogger("wsproxy")
 
@@ -66,7 +67,12 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if isinstance(server_address, tuple) and ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         self.ssl_context = build_server_ssl_context(self.settings)
-        self.token_table = TokenTable(self.settings.token_source) if self.settings.token_source else None
+        if (self.settings.proxy_protocol and not self.settings.trusted_proxy
+                and self.address_family != socket.AF_UNIX):
+            raise ConfigError("proxy-protocol: needs --trusted-proxy, the addresses of the "
+                              "balancers allowed to send the PROXY header")
+        self.token_table = (open_token_source(self.settings.token_source)
+                            if self.settings.token_source else None)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
@@ -143,8 +149,13 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.socket.close()
 
     def shutdown(self) -> None:
-        """Stop accepting, send close 1001 to every open session, wait for them."""
-        super().shutdown()
+        """Stop accepting, close the listener, send close 1001 to every open session, wait for them.
+
+        The listener closes first, so that while sessions are closing a
+        load balancer's new connections are refused at once (and sent to
+        another instance) instead of waiting in a backlog nobody serves.
+        """
+        self.stop_accepting()
         self._stopping.set()
         self.close_sessions(1001, "server shutting down")
 
@@ -183,26 +194,37 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return next(self._numbers)
 
     def prepare_connection(self, sock: socket.socket, client_address,
-                           deadline: Optional[float] = None) -> Optional[Tuple[SocketStream, bytes]]:
-        """Sniff the first bytes; answer Flash, wrap TLS, or refuse.
+                           deadline: Optional[float] = None
+                           ) -> Optional[Tuple[SocketStream, bytes, Any]]:
+        """Read the PROXY header, sniff the first bytes; answer Flash, wrap TLS, or refuse.
 
         Runs in the connection's own thread, before ``deadline`` (a
         ``time.monotonic()`` value; default ``handshake_timeout`` from now).
-        Returns the client stream and any bytes already consumed, or None
-        when the connection is finished here.
+        Returns the client stream, any bytes already consumed and the
+        client's address (``client_address``, or with ``--proxy-protocol``
+        the one the balancer's header names), or None when the connection
+        is finished here.
         """
         settings = self.settings
         if deadline is None:
             deadline = time.monotonic() + settings.handshake_timeout
         peer = format_address(client_address)
         try:
+            if settings.proxy_protocol:
+                proxied = self._read_proxy_header(sock, client_address, deadline)
+                if proxied is None:
+                    return None
+                if proxied != client_address:
+                    peer = "%s (via %s)" % (format_address(proxied), peer)
+                    client_address = proxied
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             first = sock.recv(1, socket.MSG_PEEK)
             if not first:
                 return None
             kind = sniff.classify(first)
             if kind is sniff.ConnectionKind.TLS:
-                return self._start_tls(sock, peer, deadline)
+                started = self._start_tls(sock, peer, deadline)
+                return started + (client_address,) if started else None
             consumed = b""
             if first == b"<":
                 consumed, kind = self._read_policy_request(sock, deadline)
@@ -217,12 +239,58 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            return SocketStream(sock), consumed
+            return SocketStream(sock), consumed, client_address
         except socket.timeout:
             logger.info("%s: no request before the handshake timeout", peer)
         except (OSError, ssl.SSLError) as exc:
             logger.info("%s: connection failed before the handshake: %s", peer, exc)
         return None
+
+    def _read_proxy_header(self, sock: socket.socket, client_address, deadline: float):
+        """Consume the PROXY protocol header (``--proxy-protocol``); return the client's address.
+
+        The header must come from a ``--trusted-proxy`` (any peer of a Unix
+        socket listener, whose file mode decides who connects).  Exactly
+        the header's bytes are read, so the TLS/Flash/HTTP sniff that
+        follows sees the client's own first byte.  A LOCAL header (a
+        balancer's health check) or UNKNOWN keeps ``client_address``.
+        Returns None, after one log line, when the connection must close:
+        an untrusted peer, a missing or malformed header, or none before
+        ``deadline``.
+        """
+        peer = format_address(client_address)
+        if isinstance(client_address, tuple) and not _is_trusted(
+                client_address[0], _networks(self.settings.trusted_proxy)):
+            logger.warning("%s: PROXY protocol connection from a peer that is not a "
+                           "--trusted-proxy; closed", peer)
+            return None
+        reader = proxy_protocol.ProxyHeaderReader()
+        taken = 0
+        try:
+            while reader.header is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
+                # Peek, so that nothing past the header's end leaves the
+                # socket; then take exactly the bytes the reader used (they
+                # are already received, so the recv returns at once).
+                peeked = sock.recv(reader.wanted(), socket.MSG_PEEK)
+                if not peeked:
+                    raise proxy_protocol.ProxyHeaderError(
+                        "the connection closed %s" % ("inside it" if taken else "before it"))
+                used = reader.feed(peeked)
+                _discard(sock, used)
+                taken += used
+        except proxy_protocol.ProxyHeaderError as exc:
+            logger.warning("%s: PROXY protocol header missing or malformed: %s; closed", peer, exc)
+            return None
+        except socket.timeout:
+            logger.info("%s: no complete PROXY protocol header before the handshake "
+                        "timeout; closed", peer)
+            return None
+        real = reader.header.client_address
+        return real if real is not None else client_address
 
     def _read_policy_request(self, sock: socket.socket, deadline: float):
         """Consume bytes while they may still be a Flash policy request."""
@@ -387,6 +455,15 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         deadline = time.monotonic() + grace
         while self._sessions and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def _discard(sock: socket.socket, count: int) -> None:
+    """Read and drop exactly ``count`` bytes (already known to be waiting)."""
+    while count > 0:
+        data = sock.recv(count)
+        if not data:
+            raise ConnectionError("connection closed inside the PROXY protocol header")
+        count -= len(data)
 
 
 def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:

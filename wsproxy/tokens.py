@@ -11,15 +11,29 @@ non-hidden files are read in sorted name order.  Each line is one of::
 A client only ever names a token; the target it maps to comes from the
 operator's files, so a client can never reach a host the operator did not
 list.  The table re-reads its source when a file changes and on demand
-(``reload``, for SIGHUP).  This module opens no sockets.
+(``reload``, for SIGHUP).
+
+The source may instead be an ``http://`` or ``https://`` URL: then a
+:class:`TokenService` asks that central service for each token (``GET
+URL?token=NAME`` answering ``{"host": "...", "port": N}`` or ``{"unix":
+"/path"}``, 404 for an unknown token) and keeps the answers a few seconds.
+:func:`open_token_source` picks the right one.  Only the token service
+opens sockets here.
 """
 
+import base64
+import collections
+import http.client
+import json
 import logging
 import os
+import ssl
 import stat
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from wsproxy.settings import ConfigError
@@ -156,6 +170,216 @@ class TokenTable:
                                "the later line wins", path, number, first_path, first_number)
             table[token] = target
             where[token] = (path, number)
+
+
+# -- the HTTP token service --------------------------------------------------------
+
+#: Seconds the token service has to answer before the handshake gets 503.
+SERVICE_TIMEOUT = 2.0
+#: Seconds an answer naming a target is kept.
+SERVICE_TTL = 10.0
+#: Seconds a 404 ("unknown token") answer is kept.
+SERVICE_UNKNOWN_TTL = 2.0
+#: Most answers kept at once; the least recently used go first.
+SERVICE_CACHE_ENTRIES = 1024
+#: Longest answer body read from the service.
+SERVICE_MAX_ANSWER = 64 * 1024
+#: Longest token sent to the service; a longer one is unknown without asking.
+MAX_SERVICE_TOKEN = 512
+
+
+class TokenServiceError(Exception):
+    """The token service gave no usable answer; the handshake is refused with 503.
+
+    Unreachable, slower than the timeout, an HTTP status other than 200 or
+    404, or a body that is not the JSON contract.  The message says which,
+    for one log line; it never holds the token.
+    """
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error status here: the contract is 200 or 404."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class TokenService:
+    """A ``token -> Target`` lookup answered by a central HTTP service, with a small cache.
+
+    ``url`` is the ``--token-source`` ``http://`` or ``https://`` URL.  For
+    a token not in the cache, :meth:`lookup` sends ``GET url?token=NAME``
+    (``&token=NAME`` when the URL already has a query).  The service
+    answers 200 with a JSON object, ``{"host": "name or address", "port":
+    N}`` or ``{"unix": "/path/to/socket"}``, or 404 for an unknown token.
+
+    Answers are kept ``ttl`` seconds (404s ``unknown_ttl`` seconds), at
+    most ``max_entries`` of them (least recently used dropped first);
+    failures are not kept.  Each request has ``timeout`` seconds for
+    connecting and for every read.  ``https`` is verified against the
+    system's CA store (or ``ssl_context``); ``user:password@`` in the URL
+    is sent as HTTP Basic authentication.  Redirects are not followed
+    and the environment's proxy variables are ignored.  Raises
+    :class:`ConfigError` naming ``token-source`` for a URL that is not
+    ``http(s)://HOST[:PORT]/...``.
+    """
+
+    def __init__(self, url: str, timeout: float = SERVICE_TIMEOUT, ttl: float = SERVICE_TTL,
+                 unknown_ttl: float = SERVICE_UNKNOWN_TTL,
+                 max_entries: int = SERVICE_CACHE_ENTRIES,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        parts = urllib.parse.urlsplit(url.strip())
+        try:
+            parts.port  # raises ValueError for a port that is not a number 0-65535
+            usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            raise ConfigError("token-source: expected http://HOST[:PORT]/PATH or "
+                              "https://HOST[:PORT]/PATH, got %r" % url)
+        self.url = url
+        self.timeout = timeout
+        self.ttl = ttl
+        self.unknown_ttl = unknown_ttl
+        self.max_entries = max_entries
+        # user:password@ in the URL becomes HTTP Basic authentication (RFC 7617).
+        self._headers = {"Accept": "application/json", "User-Agent": "wsproxy"}
+        if parts.username is not None:
+            credentials = "%s:%s" % (urllib.parse.unquote(parts.username),
+                                     urllib.parse.unquote(parts.password or ""))
+            self._headers["Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode("utf-8")).decode("ascii")
+        self._base = parts._replace(fragment="", netloc=parts.netloc.rpartition("@")[2])
+        #: The URL without its query or password, for log lines.
+        self.where = urllib.parse.urlunsplit(self._base._replace(query=""))
+        handlers = [urllib.request.ProxyHandler({}), _NoRedirects()]
+        if parts.scheme.lower() == "https":
+            context = ssl_context if ssl_context is not None else ssl.create_default_context()
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
+        self._lock = threading.Lock()
+        self._cache: "collections.OrderedDict[str, Tuple[float, Optional[Target]]]" = \
+            collections.OrderedDict()
+
+    def __len__(self) -> int:
+        """How many answers the cache holds (expired ones included until replaced)."""
+        with self._lock:
+            return len(self._cache)
+
+    def lookup(self, token: str) -> Optional[Target]:
+        """Return the target for ``token``, or ``None`` if the service does not know it.
+
+        Raises :class:`TokenServiceError` when the service gives no usable
+        answer; that takes at most about ``timeout`` seconds.
+        """
+        if not token or len(token) > MAX_SERVICE_TOKEN:
+            return None
+        with self._lock:
+            entry = self._cache.get(token)
+            if entry is not None and entry[0] > time.monotonic():
+                self._cache.move_to_end(token)
+                return entry[1]
+        # Asked outside the lock: one slow answer must not hold up the others.
+        target = self._ask(token)
+        keep = self.ttl if target is not None else self.unknown_ttl
+        with self._lock:
+            self._cache[token] = (time.monotonic() + keep, target)
+            self._cache.move_to_end(token)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return target
+
+    def reload(self) -> None:
+        """Forget every kept answer (SIGHUP): the next lookups ask the service again."""
+        with self._lock:
+            self._cache.clear()
+
+    def query_url(self, token: str) -> str:
+        """The URL that asks the service about ``token``."""
+        query = urllib.parse.urlencode({"token": token})
+        if self._base.query:
+            query = self._base.query + "&" + query
+        return urllib.parse.urlunsplit(self._base._replace(query=query))
+
+    def _ask(self, token: str) -> Optional[Target]:
+        request = urllib.request.Request(self.query_url(token), headers=self._headers)
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                status = response.status
+                body = self._read_body(response, deadline)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 404:
+                return None
+            raise TokenServiceError("token service %s answered HTTP %d"
+                                    % (self.where, exc.code)) from None
+        except urllib.error.URLError as exc:
+            raise TokenServiceError("token service %s unreachable: %s"
+                                    % (self.where, _reason(exc.reason))) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise TokenServiceError("token service %s failed: %s"
+                                    % (self.where, _reason(exc))) from None
+        if status != 200:
+            raise TokenServiceError("token service %s answered HTTP %d (expected 200 or 404)"
+                                    % (self.where, status))
+        return self._target_from_answer(body)
+
+    def _read_body(self, response, deadline: float) -> bytes:
+        """The answer body, at most :data:`SERVICE_MAX_ANSWER` bytes, before ``deadline``."""
+        body = bytearray()
+        while True:
+            if time.monotonic() > deadline:
+                raise TokenServiceError("token service %s too slow (more than %g s)"
+                                        % (self.where, self.timeout))
+            chunk = response.read(16384)
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > SERVICE_MAX_ANSWER:
+                raise TokenServiceError("token service %s answer longer than %d bytes"
+                                        % (self.where, SERVICE_MAX_ANSWER))
+
+    def _target_from_answer(self, body: bytes) -> Target:
+        """The :class:`Target` a 200 answer names; TokenServiceError if it breaks the contract."""
+        try:
+            answer = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {}
+        unix, host, port = answer.get("unix"), answer.get("host"), answer.get("port")
+        if unix is not None:
+            if isinstance(unix, str) and unix and "\x00" not in unix:
+                return Target(unix=unix)
+        else:
+            if isinstance(host, str) and host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]  # an IPv6 literal written as in a URL
+            if (isinstance(host, str) and host and len(host) <= 255
+                    and all(0x20 < ord(char) < 0x7F for char in host)
+                    and isinstance(port, int) and not isinstance(port, bool)
+                    and 0 < port <= 65535):
+                return Target(host=host, port=port)
+        raise TokenServiceError('token service %s answered %r; expected JSON {"host": "...", '
+                                '"port": N} or {"unix": "/path"}' % (self.where, body[:200]))
+
+
+def _reason(reason: object) -> str:
+    """An exception (or URLError reason) as a short text for the log."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def open_token_source(source: str, **options) -> Union[TokenTable, TokenService]:
+    """The token lookup for ``--token-source``: a service for an http(s) URL, else a file table.
+
+    ``options`` go to the :class:`TokenService` or :class:`TokenTable`
+    constructor.  Raises :class:`ConfigError` naming ``token-source``.
+    """
+    if source.strip().lower().startswith(("http://", "https://")):
+        return TokenService(source, **options)
+    return TokenTable(source, **options)
 
 
 def parse_token_line(line: str) -> Tuple[str, Target]:

@@ -10,6 +10,12 @@ Binary payload is streamed: each piece of a frame is unmasked and handed on
 as it arrives, so a 1 GiB message needs no more memory than one receive.
 Text messages (binary mode) are held until complete and valid UTF-8, bounded
 by ``max_message_size``.  In base64 mode text is decoded as it arrives.
+
+With permessage-deflate agreed (RFC 7692), a message whose first frame has
+RSV1 set is inflated as it arrives, in bounded steps, and then handled as
+above; its inflated size is bounded by ``max_message_size`` (1009).  Each
+piece of target data becomes one compressed message, or an uncompressed one
+when compressing would not make it smaller.
 """
 
 import codecs
@@ -19,6 +25,7 @@ import threading
 from typing import List, Optional, Tuple
 
 from . import b64
+from .deflate import DeflateParams, PerMessageDeflate
 from .errors import ProtocolError
 from .frames import (CloseCode, Opcode, KNOWN_OPCODES, MAX_CONTROL_PAYLOAD, apply_mask,
                      encode_close_payload, encode_frame, encode_header, parse_close_payload)
@@ -28,6 +35,9 @@ _UINT64 = struct.Struct("!Q")
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION
 _CLOSE, _PING, _PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+#: Marks ``_message`` as compressed (RSV1 on its first frame): kept apart
+#: from the opcode bits so an uncompressed message's checks stay as they were.
+_COMPRESSED = 0x40
 
 #: Longest frame header: 2 bytes, 8-byte length, 4-byte mask.
 MAX_HEADER = 14
@@ -43,13 +53,20 @@ class Connection:
     text frames from base64 and sends base64 text frames; anything else
     (``"binary"`` or ``None``) relays bytes in binary frames.
 
+    ``deflate`` holds the permessage-deflate parameters agreed in the
+    handshake (None: no extension, RSV1 is a protocol error);
+    ``compress_level`` is the zlib level for target data.  Compression
+    applies to what goes on the wire: in base64 mode the base64 text.
+
     Attributes the relay reads: ``close_sent``, ``close_received``
     (``(code, reason)`` once the client's close arrived) and ``failure`` (the
     :class:`ProtocolError` that ended input, if any).
     """
 
     def __init__(self, subprotocol: Optional[str] = None,
-                 max_message_size: int = 1024 * 1024) -> None:
+                 max_message_size: int = 1024 * 1024,
+                 deflate: Optional[DeflateParams] = None,
+                 compress_level: int = 6) -> None:
         self.subprotocol = subprotocol
         self.max_message_size = max_message_size
         self.close_sent = False
@@ -57,6 +74,8 @@ class Connection:
         self.failure: Optional[ProtocolError] = None
         self._base64 = subprotocol == "base64"
         self._b64 = b64.Base64Decoder() if self._base64 else None
+        self._deflate = (PerMessageDeflate(deflate, compress_level, max_message_size)
+                         if deflate is not None else None)
         # Appended by the reading side, popped by whichever side writes to the
         # client: a deque's append/popleft are atomic, a list swap is not.
         self._replies: "collections.deque[bytes]" = collections.deque()
@@ -158,7 +177,11 @@ class Connection:
         # the header: a whole unmasked frame may be shorter than a masked header.
         if first & 0x70:
             # §5.2: RSV bits "MUST be 0 unless an extension is negotiated".
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+            # RFC 7692 §6: permessage-deflate gives RSV1 a meaning on the
+            # first frame of a data message, and only there (§6.1).
+            if ((first & 0x70) != 0x40 or self._deflate is None
+                    or (opcode != _TEXT and opcode != _BINARY)):
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
         if not second & 0x80:
             # §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked client frame")
@@ -188,6 +211,8 @@ class Connection:
             return 0
         if opcode >= 8:
             self._control = bytearray()
+        elif first & 0x40:
+            self._start_compressed_message(opcode)
         else:
             self._start_data_frame(opcode, fin, length)
         self._opcode = opcode
@@ -217,6 +242,19 @@ class Connection:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
                                     "text message over %d bytes" % self.max_message_size)
 
+    def _start_compressed_message(self, opcode: int) -> None:
+        """The first frame of a compressed message (RSV1, text or binary: checked already).
+
+        Its size limit applies to the inflated bytes, in :meth:`_on_compressed`.
+        """
+        if self._message is not None:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+        self._message = opcode | _COMPRESSED
+        if opcode == _TEXT and not self._base64:
+            self._utf8 = _Utf8Decoder()
+            self._text_parts = []
+            self._text_size = 0
+
     def _on_payload(self, payload: bytes, frame_done: bool, out: List[bytes]) -> None:
         opcode = self._opcode
         if opcode >= 8:
@@ -228,6 +266,8 @@ class Connection:
         if message == _BINARY:
             if payload:
                 out.append(payload)
+        elif message & _COMPRESSED:
+            self._on_compressed(payload, frame_done and self._fin, out)
         elif self._base64:
             if payload:
                 decoded = self._b64.feed(payload)
@@ -237,6 +277,21 @@ class Connection:
             self._on_text(payload, frame_done and self._fin, out)
         if frame_done and self._fin:
             self._message = None
+
+    def _on_compressed(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
+        """Inflate a piece of a compressed message; hand on its output as if sent plain."""
+        kind = self._message & 0x0F
+        for chunk in self._deflate.inflate(payload, message_done):
+            if kind == _BINARY:
+                out.append(chunk)
+            elif self._base64:
+                decoded = self._b64.feed(chunk)
+                if decoded:
+                    out.append(decoded)
+            else:
+                self._on_text(chunk, False, out)
+        if kind == _TEXT and not self._base64 and message_done:
+            self._on_text(b"", True, out)
 
     def _on_text(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
         """Hold a binary-mode text message until it is whole and valid UTF-8."""
@@ -304,12 +359,26 @@ class Connection:
             if self.close_sent:
                 return []
             frames = self.data_to_send()
+        if self._deflate is not None:
+            return frames + self._compressed_frame(payload)
         if self._base64:
             text = b64.encode(payload)
             frames += [encode_header(_TEXT, len(text)), text]
         else:
             frames += [encode_header(_BINARY, len(payload)), payload]
         return frames
+
+    def _compressed_frame(self, payload) -> list:
+        """One message for ``payload``: compressed with RSV1 set, or plain if that is smaller."""
+        if self._base64:
+            opcode, data = _TEXT, b64.encode(payload)
+        else:
+            opcode, data = _BINARY, payload
+        compressed = self._deflate.compress(data)
+        if compressed is None:
+            return [encode_header(opcode, len(data)), data]
+        # RFC 7692 §6: RSV1 on the first (here: only) frame marks the message compressed.
+        return [encode_header(opcode, len(compressed), rsv1=True), compressed]
 
     def send_close(self, code: Optional[int] = CloseCode.NORMAL, reason: str = "") -> None:
         """Queue a close frame (once, even when both sides of a relay race to close)."""
