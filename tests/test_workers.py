@@ -149,3 +149,23 @@ def test_workers_stop_when_the_supervisor_is_killed(wsproxy_process, echo_target
         return True
     wait_until(all_gone, 10, "orphaned workers to stop")
     assert not port_listens(port)
+
+
+def test_a_draining_host_refuses_new_connections_at_once(wsproxy_process, echo_target):
+    # A session whose client never answers the close keeps its worker busy
+    # for the close grace time; meanwhile nobody may still accept on the
+    # port (the parent's copy of the socket included), so a balancer's new
+    # connections are refused instead of queueing unserved.
+    port = free_port()
+    proxy = wsproxy_process("-f", "--workers", "2", "127.0.0.1:%d" % port,
+                            "127.0.0.1:%d" % echo_target.port)
+    proxy.wait_listening(port)
+    proxy.wait_for(lambda: len(started_workers(proxy.output())) == 2, "two workers")
+    with WSClient(port) as client:
+        client.handshake()
+        client.send_binary(b"hold")
+        assert client.recv_stream(4) == b"hold"
+        proxy.send_signal(signal.SIGTERM)
+        wait_until(lambda: not port_listens(port), 3, "the port to refuse connections")
+        assert proxy.alive(), "the session should still be draining"
+    assert proxy.wait_exit() == 0

@@ -463,7 +463,7 @@ def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.H
         finally:
             worker_signals.close()
 
-    pool = workers.WorkerPool(settings.workers, serve_worker)
+    pool = workers.WorkerPool(settings.workers, serve_worker, on_stop=server.socket.close)
     logger.info("listening on %s with %d workers", _listen_text(settings, server), settings.workers)
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)

@@ -72,9 +72,13 @@ class WorkerPool:
     once a stop was requested and every worker has exited.
     """
 
-    def __init__(self, count: int, serve: Callable[[int], int]) -> None:
+    def __init__(self, count: int, serve: Callable[[int], int],
+                 on_stop: Optional[Callable[[], None]] = None) -> None:
         self.count = count
         self.serve = serve
+        #: Called once when a stop is requested (the CLI closes the parent's
+        #: copy of the listening socket, so a draining host refuses at once).
+        self.on_stop = on_stop
         self.children: Dict[int, int] = {}      # pid -> worker index
         self._started: Dict[int, float] = {}    # pid -> start time
         self._stopping = False
@@ -112,7 +116,7 @@ class WorkerPool:
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask every worker to stop (as SIGTERM would)."""
-        self._stopping = True
+        self._begin_stop()
         self._forward(signum)
 
     def _spawn(self, index: int) -> Optional[int]:
@@ -143,8 +147,13 @@ class WorkerPool:
 
     def _on_signal(self, signum, _frame) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
-            self._stopping = True
+            self._begin_stop()
         self._forward(signum)
+
+    def _begin_stop(self) -> None:
+        if not self._stopping and self.on_stop is not None:
+            self.on_stop()
+        self._stopping = True
 
     def _forward(self, signum: int) -> None:
         for pid in list(self.children):

@@ -77,13 +77,14 @@ def apply_mask(payload: Buffer, mask: Buffer) -> Union[bytes, bytearray]:
     """
     length = len(payload)
     if length > _TRANSLATE_ABOVE:
-        data = payload if isinstance(payload, bytes) else bytes(payload)
-        out = bytearray(length)
+        # One copy, then each lane translated in place: slicing and
+        # translating a bytearray costs about half what it does on bytes.
+        out = bytearray(payload)
         tables = _XOR_TABLES
-        out[0::4] = data[0::4].translate(tables[mask[0]])
-        out[1::4] = data[1::4].translate(tables[mask[1]])
-        out[2::4] = data[2::4].translate(tables[mask[2]])
-        out[3::4] = data[3::4].translate(tables[mask[3]])
+        out[0::4] = out[0::4].translate(tables[mask[0]])
+        out[1::4] = out[1::4].translate(tables[mask[1]])
+        out[2::4] = out[2::4].translate(tables[mask[2]])
+        out[3::4] = out[3::4].translate(tables[mask[3]])
         return out
     if not length:
         return b""
