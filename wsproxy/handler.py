@@ -13,7 +13,6 @@ wsproxy's own features (origin, auth, tokens, recording) sit on the same
 hooks.
 """
 
-import functools
 import ipaddress
 import logging
 import socket
@@ -21,7 +20,7 @@ import ssl
 import time
 from typing import Callable, Optional, Tuple, Union
 
-from . import auth, tokens, web
+from . import auth, tokens, trust, web
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
@@ -230,9 +229,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         not a trusted proxy is the client (``X-Forwarded-For`` or RFC 7239
         ``Forwarded: for=``).  Elsewhere those headers are ignored.
         """
-        trusted = _networks(self.settings.trusted_proxy)
+        trusted = trust.networks(self.settings.trusted_proxy)
         peer = self.client_address[0] if isinstance(self.client_address, tuple) else None
-        if not trusted or not _is_trusted(peer, trusted):
+        if not trusted or not trust.is_trusted(peer, trusted):
             return
         chain = []
         for part in request.headers.get("forwarded", "").split(","):
@@ -255,7 +254,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 logger.info("%signored a forwarded address that is not an IP address: %s",
                             self.log_prefix, _escape(address))
                 return
-            if not _is_trusted(address, trusted):
+            if not trust.is_trusted(address, trusted):
                 self.remote_address = (address, 0)
                 self.log_prefix = "session %d %s (via %s): " % (
                     self.number, _escape(address), format_address(self.client_address))
@@ -521,26 +520,6 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self.stream.sendall([data])
         except OSError:
             pass
-
-
-@functools.lru_cache(maxsize=32)
-def _parse_networks(entries: Tuple[str, ...]) -> Tuple:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
-
-
-def _networks(entries) -> Tuple:
-    """``--trusted-proxy`` entries (addresses or networks) as ``ip_network`` objects."""
-    return _parse_networks(tuple(entries)) if entries else ()
-
-
-def _is_trusted(address, networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except (TypeError, ValueError):
-        return False
-    if getattr(ip, "ipv4_mapped", None) is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
 
 
 def _nodelay(sock: socket.socket) -> None:

@@ -91,6 +91,9 @@ class Relay:
                 self.client.abort()
                 self._stop_target_reads()
                 self._downstream.join()
+            # A close echo queued while the downstream pump held the client
+            # lock (it drops its data after a close) must still go out.
+            self._flush()
             if self.connection.failure is not None:
                 self._linger()
             self._finished.set()
@@ -281,6 +284,7 @@ class Relay:
                     # A close was sent or the client is gone: drop what the
                     # target still sends, but read it until its EOF.
                     draining = True
+                    self._flush()
                     continue
                 if connection.has_data_to_send:
                     self._flush()  # control frames queued while we were writing

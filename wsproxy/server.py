@@ -21,7 +21,8 @@ import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .auth import AuthTable
-from .handler import ProxyRequestHandler, _is_trusted, _networks
+from . import trust
+from .handler import ProxyRequestHandler
 from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
@@ -259,8 +260,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         ``deadline``.
         """
         peer = format_address(client_address)
-        if isinstance(client_address, tuple) and not _is_trusted(
-                client_address[0], _networks(self.settings.trusted_proxy)):
+        if isinstance(client_address, tuple) and not trust.is_trusted(
+                client_address[0], trust.networks(self.settings.trusted_proxy)):
             logger.warning("%s: PROXY protocol connection from a peer that is not a "
                            "--trusted-proxy; closed", peer)
             return None
