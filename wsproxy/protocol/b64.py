@@ -54,6 +54,12 @@ class Base64Decoder:
             if data.translate(None, _ALPHABET_AND_PAD):
                 raise ProtocolError(INVALID_DATA, "invalid base64 character")
             chunk = data[:usable]
+            first_pad = chunk.find(b"=")
+            # Common case: each message padded at its end, so "=" only closes
+            # the last group ("xx==" or "xxx="): one C call, no regex.
+            if (usable - 2 <= first_pad and b"=" not in self._carry
+                    and not chunk[first_pad:].strip(b"=")):
+                return binascii.a2b_base64(chunk)
             carry_pad = self._carry.find(b"=")
             # A held-back group may only be "xx=" waiting for its last "=".
             if _VALID_PADDED.fullmatch(chunk) is None or carry_pad not in (-1, 2):
