@@ -40,7 +40,8 @@ import time
 from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.environ.get("AUTOBAHN_TOOLS", "/work/shared/tools/autobahn")
+TOOLS = os.environ.get("AUTOBAHN_TOOLS", os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "tools", "autobahn")))
 RUNNER = os.path.join(TOOLS, "run.sh")
 ECHO_TARGET = os.path.join(TOOLS, "echo_tcp.py")
 DEFAULT_CASES = ["@core", "@9fast"]
