@@ -22,7 +22,7 @@ from typing import Deque, Optional, Sequence
 _MAX_IOV = 512
 #: Below this total size, joining buffers is cheaper than a scatter send.
 _JOIN_BELOW = 16 * 1024
-_RAW_READ = 64 * 1024
+_RAW_READ = 256 * 1024
 #: A fatal alert is one small record, sent without waiting: at most this
 #: long for the other direction's send to finish, then no blocking send.
 _ALERT_SEND_TIMEOUT = 1.0
@@ -212,6 +212,8 @@ class TLSStream(SocketStream):
             with self._tls_lock:
                 try:
                     count = self._tls.read(size, buffer)
+                    if 0 < count < size:
+                        count += self._read_more_locked(buffer, count, size)
                 except ssl.SSLWantReadError:
                     count = -1
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -237,6 +239,25 @@ class TLSStream(SocketStream):
                 else:
                     self._eof = True
                     self._incoming.write_eof()
+
+    def _read_more_locked(self, buffer, count: int, size: int) -> int:
+        """Under ``_tls_lock``: add the records already received after the first.
+
+        ``SSLObject.read`` returns one TLS record (16 KiB at most) per call;
+        taking every decrypted byte already at hand in one receive spares
+        the pump three quarters of its trips for a 64 KiB frame.
+        """
+        view = memoryview(buffer)
+        added = 0
+        while count + added < size:
+            try:
+                more = self._tls.read(size - count - added, view[count + added:])
+            except ssl.SSLError:
+                break  # want-read, EOF or error: the next call sees it
+            if not more:
+                break
+            added += more
+        return added
 
     def sendall(self, buffers: Sequence) -> None:
         data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
