@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 
 @dataclass
@@ -46,9 +46,3 @@ def format_address(address: Any) -> str:
         return ("[%s]:%s" if ":" in str(host) else "%s:%s") % (host, port)
     return str(address) if address else "unix"
 
-
-def address_pair(address: Any) -> Tuple[str, Any]:
-    """The host and port of an address tuple, for logs and counters."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), address[1]
-    return str(address), None

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 from . import b64
 from .deflate import DeflateParams, PerMessageDeflate
 from .errors import ProtocolError
-from .frames import (CloseCode, Opcode, KNOWN_OPCODES, MAX_CONTROL_PAYLOAD, apply_mask,
+from .frames import (CloseCode, Opcode, KNOWN_OPCODES, MAX_CONTROL_PAYLOAD, apply_mask, rotate_mask,
                      encode_close_payload, encode_frame, encode_header, parse_close_payload)
 
 _UINT16 = struct.Struct("!H")
@@ -143,9 +143,8 @@ class Connection:
                 if take > remaining:
                     take = remaining
                 mask = self._mask
-                if self._offset & 3:
-                    shift = self._offset & 3
-                    mask = mask[shift:] + mask[:shift]
+                if self._offset & 3:  # a frame split across receives
+                    mask = rotate_mask(mask, self._offset)
                 payload = apply_mask(view[pos:pos + take], mask)
                 pos += take
                 self._offset += take
