@@ -13,6 +13,7 @@ log file and re-reads the token source and the auth file, keeping sessions.
 """
 
 import argparse
+import errno
 import logging
 import logging.handlers
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, workers
+from . import __version__, config, daemon, redact, workers
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -229,12 +230,33 @@ class _SysLogHandler(_OneLineErrors, logging.handlers.SysLogHandler):
     """Log lines to syslog; an unreachable syslog is reported once, in one line."""
 
 
+#: Mode of a log file wsproxy creates (before the umask).
+LOG_FILE_MODE = 0o640
+
+
 class ReopeningFileHandler(_OneLineErrors, logging.FileHandler):
-    """A log file that :meth:`reopen` opens again at the same path (log rotation)."""
+    """A log file that :meth:`reopen` opens again at the same path (log rotation).
+
+    Opened for appending with ``O_NOFOLLOW``, as the pid file: a symbolic
+    link planted at the path (say in a world-writable directory) must not
+    make a root daemon append to the file it points to.  Created with
+    :data:`LOG_FILE_MODE`.
+    """
+
+    def _open(self):
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        try:
+            return os.fdopen(fd, "a", encoding=self.encoding or "utf-8",
+                             errors=getattr(self, "errors", None) or "backslashreplace")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def reopen(self) -> None:
         """Switch to a fresh file at the path; raises OSError and keeps the old one on failure."""
-        stream = open(self.baseFilename, "a", encoding="utf-8", errors="backslashreplace")
+        stream = self._open()
         self.acquire()
         try:
             old, self.stream = self.stream, stream
@@ -257,7 +279,7 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
                 settings.log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ConfigError("--log-file: cannot open %s: %s"
-                              % (settings.log_file, exc.strerror or exc)) from None
+                              % (settings.log_file, _open_problem(exc))) from None
         handler.destination = settings.log_file
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
@@ -267,7 +289,18 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
         handler = _StderrHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
+    # Every line, at every level, with the settings' secrets masked.
+    secret_filter = redact.redacted_filter(settings)
+    for handler in handlers:
+        handler.addFilter(secret_filter)
     return handlers
+
+
+def _open_problem(exc: OSError) -> str:
+    """Why a log file did not open; a refused symbolic link says so."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link (refused, as a planted link could point anywhere)"
+    return exc.strerror or str(exc)
 
 
 def _syslog_handler(address_text: str) -> logging.Handler:
@@ -319,7 +352,7 @@ def reopen_logs(settings: Settings, handlers: List[logging.Handler]) -> None:
                 handler.reopen()
             except OSError as exc:
                 logger.error("cannot reopen the log file %s: %s; still writing to the old one",
-                             handler.baseFilename, exc.strerror or exc)
+                             handler.baseFilename, _open_problem(exc))
     if settings.log_file and not settings.foreground:
         try:
             daemon.redirect_output(settings.log_file)
@@ -488,7 +521,7 @@ def check_input_files(settings: Settings) -> None:
 
 
 def _fail(message: object, status: int) -> int:
-    print("wsproxy: %s" % message, file=sys.stderr)
+    print("wsproxy: %s" % redact.redact_text(str(message)), file=sys.stderr)
     return status
 
 
@@ -596,7 +629,9 @@ def _stop(server: ProxyServer) -> int:
 
 
 def _changed_options(settings: Settings) -> str:
-    changed = ["%s=%s" % (option.key, config.format_value(option, getattr(settings, option.field)))
+    # Shown through redact_value: no secret in the -v dump (see wsproxy.redact).
+    changed = ["%s=%s" % (option.key, redact.redact_value(
+                   option.field, config.format_value(option, getattr(settings, option.field))))
                for option in config.OPTION_FOR_FIELD.values()
                if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
     return ", ".join(changed) or "none"
@@ -615,4 +650,4 @@ def _target_text(settings: Settings) -> str:
         return "unix:" + settings.unix_target
     if settings.target_host:
         return config.format_target(settings)
-    return "the targets of --token-source %s" % settings.token_source
+    return "the targets of --token-source %s" % redact.redact_text(settings.token_source)

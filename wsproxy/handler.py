@@ -21,10 +21,12 @@ import time
 from typing import Callable, Optional, Tuple, Union
 
 from . import auth, tokens, trust, web
+from .logs import escape
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
 from .protocol.handshake import Request
+from .redact import redact_text
 from .relay import Relay
 from .session import SessionInfo, format_address
 from .settings import Settings
@@ -369,8 +371,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                     left -= len(chunk)
         finally:
             answer.close()
-        logger.info("%s%s %s -> %d", self.log_prefix, request.method, _escape(request.target),
-                    answer.status)
+        # redact_text: a page URL may carry ?password= or ?token= (noVNC's do).
+        logger.info("%s%s %s -> %d", self.log_prefix, request.method,
+                    _escape(redact_text(request.target)), answer.status)
 
     # -- the target ---------------------------------------------------------------------
 
@@ -539,4 +542,4 @@ def _peer(sock: socket.socket):
 
 def _escape(text: str) -> str:
     """Make client-controlled text safe for one log line."""
-    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escape(text)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 from .auth import AuthTable
 from . import trust
 from .handler import ProxyRequestHandler
+from .logs import Throttle
 from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
@@ -80,7 +81,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._sessions_lock = threading.Lock()
         self._reserved = 0
         self._pending_handshakes = 0
-        self._crowded_logged = 0.0
+        #: Warnings one kind of event can repeat at will (a flood) go through this.
+        self.warnings = Throttle(logger)
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
@@ -126,11 +128,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             if not crowded:
                 self._pending_handshakes += 1
         if crowded:
-            now = time.monotonic()
-            if now - self._crowded_logged >= 1.0:  # one line a second at most
-                self._crowded_logged = now
-                logger.warning("%d connections still handshaking; refusing new ones "
-                               "(e.g. %s)", MAX_PENDING_HANDSHAKES, format_address(client_address))
+            self.warnings.warning("crowded", "%d connections still handshaking; refusing new "
+                                  "ones (e.g. %s)", MAX_PENDING_HANDSHAKES,
+                                  format_address(client_address), interval=1.0)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -262,8 +262,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         peer = format_address(client_address)
         if isinstance(client_address, tuple) and not trust.is_trusted(
                 client_address[0], trust.networks(self.settings.trusted_proxy)):
-            logger.warning("%s: PROXY protocol connection from a peer that is not a "
-                           "--trusted-proxy; closed", peer)
+            self.warnings.warning("untrusted-proxy-peer", "%s: PROXY protocol connection from "
+                                  "a peer that is not a --trusted-proxy; closed", peer)
             return None
         reader = proxy_protocol.ProxyHeaderReader()
         taken = 0
@@ -284,7 +284,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 _discard(sock, used)
                 taken += used
         except proxy_protocol.ProxyHeaderError as exc:
-            logger.warning("%s: PROXY protocol header missing or malformed: %s; closed", peer, exc)
+            self.warnings.warning("bad-proxy-header", "%s: PROXY protocol header missing or "
+                                  "malformed: %s; closed", peer, exc)
             return None
         except socket.timeout:
             logger.info("%s: no complete PROXY protocol header before the handshake "
@@ -320,7 +321,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def _start_tls(self, sock: socket.socket, peer: str, deadline: float):
         if self.ssl_context is None:
-            logger.warning("%s: TLS hello but no certificate configured (--cert); closing", peer)
+            self.warnings.warning("tls-without-cert", "%s: TLS hello but no certificate "
+                                  "configured (--cert); closing", peer)
             return None
         stream = TLSStream(sock, self.ssl_context, server_side=True)
         try:

@@ -4,6 +4,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .logs import escape
+
 
 @dataclass
 class SessionInfo:
@@ -40,9 +42,14 @@ class SessionInfo:
 
 
 def format_address(address: Any) -> str:
-    """``host:port`` or ``[v6]:port`` for an address tuple; str() otherwise."""
+    """``host:port`` or ``[v6]:port`` for an address tuple; the text otherwise, for a log line.
+
+    Always escaped (see :func:`wsproxy.logs.escape`): an address may come
+    from a peer (a PROXY protocol UNIX path, a Unix socket client's name)
+    and must not be able to break or forge a log line.
+    """
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return ("[%s]:%s" if ":" in str(host) else "%s:%s") % (host, port)
-    return str(address) if address else "unix"
+        host, port = escape(address[0]), escape(address[1])
+        return ("[%s]:%s" if ":" in host else "%s:%s") % (host, port)
+    return escape(address) if address else "unix"
 
