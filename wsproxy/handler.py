@@ -13,7 +13,6 @@ wsproxy's own features (origin, auth, tokens, recording) sit on the same
 hooks.
 """
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -227,40 +226,24 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def _apply_forwarded(self, request: Request) -> None:
         """Behind a ``--trusted-proxy``, take the client address it forwarded.
 
-        Only when the peer itself is trusted; the rightmost address that is
-        not a trusted proxy is the client (``X-Forwarded-For`` or RFC 7239
-        ``Forwarded: for=``).  Elsewhere those headers are ignored.
+        Only when the peer itself is trusted, and only from
+        ``X-Forwarded-For``, walked from the right past trusted hops (see
+        :func:`wsproxy.trust.forwarded_client`); ``Forwarded`` is ignored,
+        as are both headers from any other peer.
         """
         trusted = trust.networks(self.settings.trusted_proxy)
         peer = self.client_address[0] if isinstance(self.client_address, tuple) else None
         if not trusted or not trust.is_trusted(peer, trusted):
             return
-        chain = []
-        for part in request.headers.get("forwarded", "").split(","):
-            for pair in part.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for" and value:
-                    value = value.strip('"')
-                    if value.startswith("["):
-                        value = value[1:].partition("]")[0]
-                    elif value.count(":") == 1:
-                        value = value.partition(":")[0]
-                    chain.append(value)
-        if not chain:
-            chain = [item.strip() for item in request.headers.get("x-forwarded-for", "").split(",")
-                     if item.strip()]
-        for address in reversed(chain):
-            try:
-                address = str(ipaddress.ip_address(address))
-            except ValueError:
-                logger.info("%signored a forwarded address that is not an IP address: %s",
-                            self.log_prefix, _escape(address))
-                return
-            if not trust.is_trusted(address, trusted):
-                self.remote_address = (address, 0)
-                self.log_prefix = "session %d %s (via %s): " % (
-                    self.number, _escape(address), format_address(self.client_address))
-                return
+        found = trust.forwarded_client(request.headers.get("x-forwarded-for", ""), trusted)
+        if found.bad is not None:
+            logger.info("%signored a forwarded address that is not an IP address: %s",
+                        self.log_prefix, _escape(found.bad))
+            return
+        if found.address is not None and found.address != peer:
+            self.remote_address = (found.address, 0)
+            self.log_prefix = "session %d %s (via %s): " % (
+                self.number, _escape(found.address), format_address(self.client_address))
 
     def _recv_before(self, deadline: float, chunk: bytearray) -> int:
         left = deadline - time.monotonic()
