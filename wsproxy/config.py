@@ -329,8 +329,10 @@ OPTIONS: Tuple[Option, ...] = (
            "allowed Origin (repeatable); other origins get 403", _W),
     Option(("--auth-file",), "auth_file", "path", "FILE",
            "require HTTP Basic authentication against FILE (python3 -m wsproxy.passwd)", _W),
+    Option(("--web-auth",), "web_auth", "bool", None,
+           "with --auth-file, authenticate plain HTTP requests too (--web files, --status)", _W),
     Option(("--trusted-proxy",), "trusted_proxy", "address-list", "ADDR",
-           "a reverse proxy's IP address or network whose X-Forwarded-For/Forwarded "
+           "a reverse proxy's IP address or network whose X-Forwarded-For "
            "is believed (repeatable)", _W),
     Option(("--status",), "status", "http-path", "PATH",
            "answer a GET of PATH with JSON counters (uptime, sessions, bytes)", _W),

@@ -145,6 +145,26 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             origin = request.headers.get("origin") or request.headers.get("sec-websocket-origin")
             if origin not in allowed:
                 raise HandshakeError(403, "origin not allowed")
+        self.authenticate(request)
+        return None
+
+    def check_http_request(self, request: Request) -> None:
+        """Accept or refuse a plain HTTP request (not an upgrade) before it is answered.
+
+        The one place that decides whether a page served here (a
+        ``--web`` file or listing, the ``--status`` page, any page added
+        later) needs credentials: with ``--web-auth`` every one does, as
+        the upgrade does.  Raise :class:`HandshakeError` to refuse (401
+        with ``WWW-Authenticate`` by default).
+        """
+        if self.settings.web_auth:
+            self.authenticate(request)
+
+    def authenticate(self, request: Request) -> None:
+        """Check ``--auth-file`` credentials; sets ``self.user``, or raises HandshakeError 401.
+
+        Does nothing without an auth table.
+        """
         auth_table = getattr(self.server, "auth_table", None)
         if auth_table is not None:
             user = auth_table.check(request.headers.get("authorization"))
@@ -152,7 +172,6 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 raise HandshakeError(401, "authentication required",
                                      {"WWW-Authenticate": auth.WWW_AUTHENTICATE})
             self.user = user
-        return None
 
     def select_target(self, request: Request) -> TargetChoice:
         """Choose where this session's bytes go.
@@ -317,8 +336,10 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
 
         ``--status PATH`` answers JSON counters there; ``--web DIR`` serves
         static files; otherwise 405 with a short text naming the proxy.
+        :meth:`check_http_request` may refuse it first (``--web-auth``).
         """
         settings = self.settings
+        self.check_http_request(request)
         status_page = getattr(self.server, "status_document", None)
         if settings.status and request.path == settings.status and status_page is not None:
             if request.method not in ("GET", "HEAD"):

@@ -76,6 +76,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.token_table = (open_token_source(self.settings.token_source)
                             if self.settings.token_source else None)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
+        if self.settings.web_auth and self.auth_table is None:
+            raise ConfigError("web-auth: needs --auth-file, the credentials to check")
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()

@@ -64,6 +64,7 @@ class Settings:
     web_listing: bool = False
     origin: List[str] = field(default_factory=list)
     auth_file: Optional[str] = None
+    web_auth: bool = False
     trusted_proxy: List[str] = field(default_factory=list)
     status: Optional[str] = None
 
