@@ -162,3 +162,15 @@ def test_tls_hellos_without_a_certificate_warn_once_per_interval(proxy, wsproxy_
     wait_until(lambda: running.server.warnings.held("tls-without-cert") == 19,
                message="19 repeats held back")
     assert len(wsproxy_log.find("no certificate configured")) == 1, wsproxy_log.messages()
+
+
+def test_an_unreachable_target_warns_once_per_interval(proxy, wsproxy_log):
+    from conftest import free_port
+    running = proxy(target_port=free_port())
+    for _ in range(5):
+        with running.client() as ws:
+            ws.handshake(expect_status=502)
+    wait_until(lambda: running.server.warnings.held("target-unreachable") == 4,
+               message="4 repeats held back")
+    assert len(wsproxy_log.find("cannot reach target")) == 1
+    assert len(wsproxy_log.find("refused: 502")) == 5, "each refusal keeps its own line"

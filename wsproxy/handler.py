@@ -189,7 +189,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             try:
                 target = token_table.lookup(token) if token else None
             except tokens.TokenServiceError as exc:
-                logger.warning("%s%s", self.log_prefix, exc)
+                self._warn("token-service", "%s%s", self.log_prefix, exc)
                 raise HandshakeError(503, "token service unavailable") from None
             if target is None:
                 raise HandshakeError(404, "unknown or missing token")
@@ -402,8 +402,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 sock = socket.create_connection((target.host, target.port), timeout=timeout)
                 _nodelay(sock)
         except OSError as exc:
-            logger.warning("%scannot reach target %s: %s", self.log_prefix, target,
-                           exc.strerror or exc)
+            self._warn("target-unreachable", "%scannot reach target %s: %s", self.log_prefix,
+                       target, exc.strerror or exc)
             raise HandshakeError(502, "target unreachable") from None
         stream = SocketStream(sock)
         if target.tls:
@@ -420,7 +420,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             stream.do_handshake(self.settings.handshake_timeout)
         except (OSError, ssl.SSLError) as exc:
             sock.close()
-            logger.warning("%sTLS to target %s failed: %s", self.log_prefix, target, exc)
+            self._warn("target-tls", "%sTLS to target %s failed: %s", self.log_prefix, target, exc)
             raise HandshakeError(502, "target TLS failed") from None
         return stream
 
@@ -520,6 +520,18 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         finished = getattr(self.server, "handshake_finished", None)
         if finished is not None:
             finished()
+
+    def _warn(self, kind: str, message: str, *args) -> None:
+        """Log a warning that every handshake may repeat (a target down), throttled.
+
+        Through the server's :class:`~wsproxy.logs.Throttle` when it has
+        one; each refusal still gets its own info line.
+        """
+        warnings = getattr(self.server, "warnings", None)
+        if warnings is not None:
+            warnings.warning(kind, message, *args)
+        else:
+            logger.warning(message, *args)
 
     def _send_raw(self, data: bytes) -> None:
         try:
