@@ -390,7 +390,7 @@ def test_bad_service_url_is_a_config_error_naming_the_option(url):
 
 
 class TricklingService:
-    """A raw TCP "token service" that reads a request, then sends ``answer`` one byte per ``pause`` s.
+    """A raw TCP "token service": reads a request, then sends ``answer`` a byte per ``pause`` s.
 
     It stops trickling as soon as the client goes away or :meth:`stop` is called.
     """

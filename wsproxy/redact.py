@@ -22,6 +22,9 @@ import dataclasses
 import logging
 import re
 from typing import Any, FrozenSet, Iterable, Optional
+from urllib.parse import unquote, unquote_plus
+
+from .logs import escape_controls
 
 #: What a redacted secret is shown as.
 MASK = "***"
@@ -59,11 +62,15 @@ def redact_text(text: str) -> str:
     if "://" in text:
         text = _USERINFO.sub(lambda match: match.group("head") + MASK + "@", text)
     if "=" in text:
-        text = _QUERY_PAIR.sub(
-            lambda match: match.group("head") + (MASK if _secret_query_name(match.group("name"))
-                                                 and match.group("value") else match.group("value")),
-            text)
+        text = _QUERY_PAIR.sub(_mask_secret_query_value, text)
     return text
+
+
+def _mask_secret_query_value(match) -> str:
+    value = match.group("value")
+    if value and _secret_query_name(match.group("name")):
+        value = MASK
+    return match.group("head") + value
 
 
 def redact_value(name: str, value: Any) -> Any:
@@ -109,7 +116,6 @@ def secrets_in(settings: Any) -> FrozenSet[str]:
 
 
 def _with_decoded(text: str) -> Iterable[str]:
-    from urllib.parse import unquote, unquote_plus
     return {text, unquote(text), unquote_plus(text)} - {""}
 
 
@@ -139,7 +145,6 @@ value quoted in a line, e.g. a request target).
             return True
         changed = self._clean(message)
         if self.escape:
-            from .logs import escape_controls
             changed = escape_controls(changed)
         if changed != message or record.args:
             record.msg, record.args = changed, ()

@@ -186,7 +186,7 @@ def _split_target(target: str) -> Tuple[List[str], bool, str]:
 
 
 def _resolve_visible(root: str, path: str) -> Optional[str]:
-    """``realpath(path)`` if it lies inside ``root`` (already resolved) with no hidden name, else None.
+    """``realpath(path)`` if inside ``root`` (already resolved) with no hidden name, else None.
 
     Hidden names are judged on the resolved path too: a request names only
     visible segments, but a symbolic link among them may lead to a dot-file
