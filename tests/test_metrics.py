@@ -199,6 +199,18 @@ def test_metrics_is_read_only_and_off_by_default(proxy):
     assert status == 405 and b"wsproxy_" not in body
 
 
+def test_metrics_and_status_need_two_paths(echo_target):
+    from test_config import run_wsproxy
+    result = run_wsproxy("-f", "--status", "/s", "--metrics", "/s",
+                         "127.0.0.1:%d" % free_port(), echo_target.address)
+    assert result.returncode == 2
+    assert "wsproxy: metrics: /s is already the --status page" in result.stderr
+    result = run_wsproxy("-f", "--metrics-allow", "10.0.0.300", "--metrics", "/m",
+                         "127.0.0.1:%d" % free_port(), echo_target.address)
+    assert result.returncode == 2 and "--metrics-allow" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_metrics_allow(proxy):
     closed = proxy(metrics="/metrics", metrics_allow=["10.0.0.0/8", "::1"])
     status, _, body = fetch(closed.port)

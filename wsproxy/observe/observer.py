@@ -9,6 +9,7 @@ to the status tally, the Prometheus counters and the audit log.
 import logging
 from typing import Any, Dict, Iterable, Optional
 
+from ..session import format_address
 from ..settings import ConfigError, Settings
 from .audit import AuditLog, rfc3339_now, token_field
 from .metrics import MetricsStore
@@ -22,11 +23,15 @@ class Observer:
 
     Built by the server before any fork: the metrics memory and the audit
     file are shared with the ``--workers``.  Raises :class:`ConfigError`
-    naming ``--audit-log`` when that file cannot be opened.
+    naming ``--audit-log`` when that file cannot be opened, or ``--metrics``
+    when its path is the status page's.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.metrics and settings.metrics == settings.status:
+            raise ConfigError("metrics: %s is already the --status page; give another path"
+                              % settings.metrics)
         self.status = StatusTally()
         self.metrics = MetricsStore(settings.workers)
         self.audit: Optional[AuditLog] = None
@@ -112,7 +117,7 @@ def audit_record(event: str, session, hash_tokens: bool,
         "session": session.number,
         "client": client,
         "client_port": port,
-        "via": None if session.via is None else "%s:%s" % _host_port(session.via),
+        "via": None if session.via is None else format_address(session.via),
         "forwarded_for": list(session.forwarded_for),
         "tls_version": session.tls_version,
         "client_cert": session.client_cert,
