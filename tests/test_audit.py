@@ -245,3 +245,29 @@ def test_standard_output(tmp_path, wsproxy_process, echo_target):
     line = child.wait_for(lambda: [text for text in child.output().splitlines()
                                    if text.startswith("{")], "an audit line on standard output")[0]
     assert json.loads(line)["status"] == 405
+
+
+def test_hixie_and_a_proxy_protocol_balancer(proxy, echo_target, tmp_path):
+    """A hixie-76 session behind a PROXY protocol balancer: ``protocol`` and ``via`` recorded."""
+    from test_hixie_io import frame, open76
+    audit = tmp_path / "audit.jsonl"
+    plain = proxy(audit_log=str(audit))
+    with open76(plain.port) as client:
+        client.sock.sendall(frame(b"hello"))
+        assert client.read_stream(5) == b"hello"
+    start, end = read_lines(audit, 2)
+    assert start["protocol"] == end["protocol"] == "hixie-76"
+    assert start["subprotocol"] == "base64"
+    assert end["bytes_from_client"] == end["bytes_to_client"] == 5
+
+    audit2 = tmp_path / "balanced.jsonl"
+    balanced = proxy(audit_log=str(audit2), proxy_protocol=True, trusted_proxy=["127.0.0.1"])
+    with WSClient(balanced.port) as ws:
+        balancer_port = ws.local_port
+        ws.send_raw(b"PROXY TCP6 2001:db8::7 ::1 40000 443\r\n")
+        ws.handshake()
+        ws.send_close(1000)
+        ws.recv_close()
+    start, end = read_lines(audit2, 2)
+    assert (start["client"], start["client_port"]) == ("2001:db8::7", 40000)
+    assert start["via"] == end["via"] == "127.0.0.1:%d" % balancer_port
