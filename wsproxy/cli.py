@@ -9,7 +9,8 @@ configuration.
 
 Signals: SIGTERM and SIGINT stop accepting, close every session with 1001
 and exit 0 once they are done (or after a few seconds); SIGHUP reopens the
-log file and re-reads the token source and the auth file, keeping sessions.
+log file and the audit log and re-reads the token source and the auth file,
+keeping sessions (and every counter).
 """
 
 import argparse
@@ -489,6 +490,7 @@ def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.H
 
     def serve_worker(index: int) -> int:
         server.session_number_source = lambda: numbers.next(index)
+        server.observer.metrics.use_slot(index)  # this worker's block of the shared counters
         worker_signals = SignalInbox()
         workers.unblock_signals()
         try:

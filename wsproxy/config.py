@@ -271,6 +271,8 @@ KINDS: Dict[str, Kind] = {
     "syslog": Kind(_read_syslog, _format_syslog),
     "text-list": Kind(_read_text, lambda values: ", ".join(values), many=True),
     "address-list": Kind(_read_ip_address, lambda values: ", ".join(values), many=True),
+    "path-or-dash": Kind(lambda text, base_dir: text if text == "-" else _read_path(text, base_dir),
+                         _format_text),
 }
 
 
@@ -336,6 +338,10 @@ OPTIONS: Tuple[Option, ...] = (
            "is believed (repeatable)", _W),
     Option(("--status",), "status", "http-path", "PATH",
            "answer a GET of PATH with JSON counters (uptime, sessions, bytes)", _W),
+    Option(("--metrics",), "metrics", "http-path", "PATH",
+           "answer a GET of PATH with Prometheus metrics (text format 0.0.4)", _W),
+    Option(("--metrics-allow",), "metrics_allow", "address-list", "NET",
+           "an address or network allowed to read --metrics (repeatable; none = anyone)", _W),
     # Limits and timeouts
     Option(("--handshake-timeout",), "handshake_timeout", "positive-seconds", "S",
            "seconds allowed for the TLS and HTTP handshakes", _M),
@@ -375,6 +381,11 @@ OPTIONS: Tuple[Option, ...] = (
            "else a socket /PATH or a UDP HOST[:PORT]", _P),
     Option(("--workers",), "workers", "workers", "N",
            "worker processes sharing the listening socket, or auto (one per CPU)", _P),
+    Option(("--audit-log",), "audit_log", "path-or-dash", "FILE",
+           "append one JSON line per session start, end and refused handshake to FILE "
+           "(- = standard output; reopened on SIGHUP)", _P),
+    Option(("--audit-hash-tokens",), "audit_hash_tokens", "bool", None,
+           "write the SHA-256 of each token to the audit log instead of the token", _P),
 )
 
 #: The option that sets each field (not counting negating flags such as -D).

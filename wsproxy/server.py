@@ -9,7 +9,6 @@ else's accept.
 """
 
 import itertools
-import json
 import logging
 import os
 import socket
@@ -18,12 +17,13 @@ import ssl
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from .auth import AuthTable
 from . import trust
 from .handler import ProxyRequestHandler
 from .logs import Throttle
+from .observe import Observer
 from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
@@ -88,8 +88,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
-        self._totals = {"sessions": 0, "bytes_from_client": 0, "bytes_to_client": 0}
-        self._by_target: Dict[str, Dict[str, int]] = {}
+        #: Status counts, metrics and the audit log: every session record goes there.
+        self.observer = Observer(self.settings)
         self._housekeeper: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self.started = time.time()
@@ -129,6 +129,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             crowded = self._pending_handshakes >= MAX_PENDING_HANDSHAKES
             if not crowded:
                 self._pending_handshakes += 1
+                self.observer.pending_handshakes(self._pending_handshakes)
         if crowded:
             self.warnings.warning("crowded", "%d connections still handshaking; refusing new "
                                   "ones (e.g. %s)", MAX_PENDING_HANDSHAKES,
@@ -141,6 +142,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """A connection left the handshake phase (its session began, or it ended)."""
         with self._sessions_lock:
             self._pending_handshakes -= 1
+            self.observer.pending_handshakes(self._pending_handshakes)
 
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
@@ -182,7 +184,11 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return self._target_context
 
     def reload(self) -> None:
-        """Re-read what may change while running (SIGHUP): tokens, auth file."""
+        """Re-read what may change while running (SIGHUP): audit log, tokens, auth file.
+
+        Counters are kept: metrics never go down across a reload.
+        """
+        self.observer.reopen()
         for name in ("token_table", "auth_table"):
             table = getattr(self, name, None)
             if table is not None and hasattr(table, "reload"):
@@ -359,52 +365,38 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def register_session(self, handler: ProxyRequestHandler) -> None:
         """A session started relaying (called by the handler)."""
-        key = str(handler.session.target)
         with self._sessions_lock:
             self._sessions.add(handler)
-            self._totals["sessions"] += 1
-            entry = self._by_target.setdefault(key, {"sessions": 0, "open": 0,
-                                                      "bytes_from_client": 0, "bytes_to_client": 0})
-            entry["sessions"] += 1
-            entry["open"] += 1
+        self.observer.session_started(handler.session)
         settings = self.settings
         if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
             self._start_housekeeper()
 
     def unregister_session(self, handler: ProxyRequestHandler) -> None:
-        """A session ended: fold its byte counts into the totals."""
-        relay = handler.relay
-        key = str(handler.session.target)
+        """A session ended; its :class:`SessionInfo` holds the final numbers."""
         with self._sessions_lock:
             self._sessions.discard(handler)
-            entry = self._by_target[key]
-            entry["open"] -= 1
-            for name in ("bytes_from_client", "bytes_to_client"):
-                count = getattr(relay, name)
-                entry[name] += count
-                self._totals[name] += count
+            self.observer.session_leaving(handler.session)
+        self.observer.session_ended(handler.session)
+
+    def handshake_refused(self, handler: ProxyRequestHandler, status: int, reason: str) -> None:
+        """A request was answered with HTTP error ``status`` (``handler.session`` describes it)."""
+        self.observer.handshake_refused(handler.session, reason)
 
     def status_document(self) -> bytes:
         """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
         with self._sessions_lock:
-            totals = dict(self._totals)
-            by_target = {key: dict(value) for key, value in self._by_target.items()}
-            for handler in self._sessions:
-                entry = by_target[str(handler.session.target)]
-                for name in ("bytes_from_client", "bytes_to_client"):
-                    count = getattr(handler.relay, name)
-                    entry[name] += count
-                    totals[name] += count
-            open_count = len(self._sessions)
-        document = {
-            "uptime": round(time.monotonic() - self._started_monotonic, 3),
-            "open_sessions": open_count,
-            "total_sessions": totals["sessions"],
-            "bytes_from_client": totals["bytes_from_client"],
-            "bytes_to_client": totals["bytes_to_client"],
-            "targets": by_target,
-        }
-        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            live = [(str(handler.session.target), handler.relay.bytes_from_client,
+                     handler.relay.bytes_to_client) for handler in self._sessions]
+            return self.observer.status_document(live, len(live))
+
+    def metrics_document(self) -> bytes:
+        """The ``--metrics`` text (Prometheus format 0.0.4), every worker's counters."""
+        return self.observer.metrics_document()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.observer.close()
 
     # -- timeouts ---------------------------------------------------------------------
 

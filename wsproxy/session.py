@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from .logs import escape
 
@@ -20,6 +20,14 @@ class SessionInfo:
     it ends: ``bytes_from_client`` / ``bytes_to_client`` (payload bytes),
     ``close_code`` (sent or received; 1006 when the connection just
     dropped), ``close_reason`` and ``duration`` in seconds.
+
+    What the audit log also records, when known: ``via`` (the balancer
+    that sent a PROXY protocol header), ``forwarded_for`` (the addresses
+    believed from a trusted proxy's forwarding header, client first),
+    ``tls_version`` and ``client_cert`` (the client certificate's subject),
+    ``user`` (``--auth-file``), ``token`` (``--token-source``),
+    ``compression`` (the agreed ``Sec-WebSocket-Extensions``) and, for a
+    refused handshake, ``status`` (the HTTP status answered).
     """
 
     number: int
@@ -34,6 +42,14 @@ class SessionInfo:
     close_code: Optional[int] = None
     close_reason: str = ""
     duration: float = 0.0
+    via: Any = None
+    forwarded_for: List[str] = field(default_factory=list)
+    tls_version: Optional[str] = None
+    client_cert: Optional[str] = None
+    user: Optional[str] = None
+    token: Optional[str] = None
+    compression: Optional[str] = None
+    status: Optional[int] = None
 
     @property
     def client_text(self) -> str:

@@ -92,6 +92,12 @@ class Settings:
     syslog: Optional[str] = None
     workers: int = 1
 
+    # -- metrics and audit (wsproxy.observe) ------------------------------------
+    metrics: Optional[str] = None
+    metrics_allow: List[str] = field(default_factory=list)
+    audit_log: Optional[str] = None
+    audit_hash_tokens: bool = False
+
     def replace(self, **changes) -> "Settings":
         """Return a copy with ``changes`` applied (the original is untouched)."""
         return dataclasses.replace(self, **changes)

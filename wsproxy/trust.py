@@ -11,7 +11,7 @@ and have it believed.  Pure: no sockets.
 import functools
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 
 @functools.lru_cache(maxsize=32)
@@ -71,11 +71,13 @@ class ForwardedClient:
     Fields: ``address`` (the client's address, canonical text, or None
     when the chain names none that can be believed) and ``bad`` (the
     entry that stopped the walk because it is not a plain address, else
-    None).
+    None), ``chain`` (the believed entries: the client, then the trusted
+    proxies after it).
     """
 
     address: Optional[str]
     bad: Optional[str] = None
+    chain: Tuple[str, ...] = ()
 
 
 def forwarded_client(x_forwarded_for: str, trusted: Tuple) -> ForwardedClient:
@@ -95,12 +97,14 @@ def forwarded_client(x_forwarded_for: str, trusted: Tuple) -> ForwardedClient:
     """
     entries = [entry.strip(" \t") for entry in x_forwarded_for.split(",")]
     address = None
+    believed: List[str] = []
     for entry in reversed(entries):
         if not entry:
             continue
         address = plain_address(entry)
         if address is None:
             return ForwardedClient(None, entry)
+        believed.insert(0, address)
         if not is_trusted(address, trusted):
-            return ForwardedClient(address)
-    return ForwardedClient(address)
+            break
+    return ForwardedClient(address, None, tuple(believed))
