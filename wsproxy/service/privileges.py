@@ -12,6 +12,7 @@ which can include the Python installation itself (an interpreter under
 (the IDNA codec that resolving a host name loads, the recorder, MIME types).
 """
 
+import codecs
 import grp
 import importlib
 import logging
@@ -26,12 +27,15 @@ logger = logging.getLogger("wsproxy")
 
 #: Modules a session may import lazily, loaded before the switch.
 PRELOAD_MODULES = (
-    "encodings.idna",      # socket.create_connection("host.name", ...) encodes with it
-    "encodings.punycode",
     "stringprep",
     "unicodedata",
     "wsproxy.record",      # --record's Recorder, imported when a session starts
 )
+#: Codecs looked up by name at run time (each is an ``encodings`` module
+#: imported on first use): "idna" by socket.create_connection("host.name"),
+#: "unicode_escape" by the session log line and the recorder.
+PRELOAD_CODECS = ("idna", "punycode", "unicode_escape", "raw_unicode_escape", "ascii",
+                  "latin-1", "utf-8", "utf-16", "utf-32", "charmap")
 
 
 class PrivilegeError(RuntimeError):
@@ -79,6 +83,8 @@ def preload(settings: Settings) -> None:
             importlib.import_module(name)
         except ImportError:  # a trimmed Python: nothing to preload then
             pass
+    for codec in PRELOAD_CODECS:
+        codecs.lookup(codec)
     "localhost".encode("idna")
     if settings.web:
         mimetypes.init()
