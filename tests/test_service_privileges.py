@@ -113,3 +113,26 @@ def test_unknown_user_or_group_is_a_config_error(option):
     assert result.returncode == 2
     assert "%s: no such %s: no-such-name-wsproxy" % (option, option[2:]) in result.stderr
     assert not port_listens(0) and "Traceback" not in result.stderr
+
+
+def child_pids(pid: int) -> list:
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as stream:
+        return [int(text) for text in stream.read().split()]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+def test_workers_are_forked_after_the_switch(wsproxy_process, echo_target):
+    nobody = pwd.getpwnam("nobody")
+    port = free_low_port()
+    child = wsproxy_process("-f", "--workers", "2", "--user", "nobody", "--group", "nogroup",
+                            "127.0.0.1:%d" % port, "localhost:%d" % echo_target.port)
+    child.wait_listening(port)
+    workers = child.wait_for(lambda: len(child_pids(child.pid)) == 2 and child_pids(child.pid),
+                             "two workers")
+    for pid in [child.pid] + workers:
+        status = proc_status(pid)
+        assert status["Uid"] == [str(nobody.pw_uid)] * 4 and status["Groups"] == [], (pid, status)
+    for _ in range(4):
+        echo_round_trip(port)
+    child.send_signal(15)
+    assert child.wait_exit() == 0
