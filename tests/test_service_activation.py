@@ -178,3 +178,19 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path):
     # The check can fail: a misspelt directive is reported.
     (tmp_path / "wsproxy.service").write_text(service.replace("NoNewPrivileges=", "NoNewPrivilege="))
     assert "NoNewPrivilege" in _verify(units).stdout
+
+
+@pytest.mark.skipif(SOCKET_ACTIVATE is None,
+                    reason="systemd-socket-activate is not installed (Debian package systemd)")
+def test_activated_datagram_socket_is_a_config_error(children, echo_target):
+    port = free_port()
+    child = children([SOCKET_ACTIVATE, "--datagram", "-l", "127.0.0.1:%d" % port,
+                      "-E", "PYTHONPATH=" + ROOT, sys.executable, "-m", "wsproxy", "-f",
+                      echo_target.address], cwd=ROOT)
+    wait_until(lambda: "Listening on" in child.output(), EXIT_DEADLINE,
+               "systemd-socket-activate to listen")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"wake up", ("127.0.0.1", port))
+    assert child.process.wait(EXIT_DEADLINE) == 2
+    assert ("socket activation: descriptor 3 is not a listening stream socket"
+            in child.output()), child.output()
