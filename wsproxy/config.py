@@ -289,6 +289,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--proxy-protocol",), "proxy_protocol", "bool", None,
            "expect a PROXY protocol v1/v2 header first on every connection, "
            "from a --trusted-proxy only (HAProxy send-proxy)", _L),
+    Option(("--inetd",), "inetd", "bool", None,
+           "the listening socket is standard input (inetd wait mode); give only TARGET", _L),
     # Target (the TARGET positional is the ``target`` key)
     Option(("--unix-target",), "unix_target", "path", "PATH",
            "relay to a Unix socket instead of TARGET_HOST:TARGET_PORT", _T),
@@ -386,6 +388,10 @@ OPTIONS: Tuple[Option, ...] = (
            "(- = standard output; reopened on SIGHUP)", _P),
     Option(("--audit-hash-tokens",), "audit_hash_tokens", "bool", None,
            "write the SHA-256 of each token to the audit log instead of the token", _P),
+    Option(("--user",), "user", "text", "NAME",
+           "after binding and reading the certificate, run as this user (and its group)", _P),
+    Option(("--group",), "group", "text", "NAME",
+           "after binding, run as this group (default: --user's own group)", _P),
 )
 
 #: The option that sets each field (not counting negating flags such as -D).

@@ -93,6 +93,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._housekeeper: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self.started = time.time()
+        #: When ``serve_forever`` last went round its loop (see :meth:`service_actions`).
+        self.loop_turned: Optional[float] = None
         self._started_monotonic = time.monotonic()
         if self.settings.ssl_target and self.settings.target_insecure:
             logger.warning("TLS to the target is NOT verified (--target-insecure): "
@@ -138,6 +140,11 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return
         super().process_request(request, client_address)
 
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` on each turn of its loop: the watchdog's sign of life."""
+        self.loop_turned = time.monotonic()
+        super().service_actions()
+
     def handshake_finished(self) -> None:
         """A connection left the handshake phase (its session began, or it ended)."""
         with self._sessions_lock:
@@ -182,6 +189,16 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 context.verify_mode = ssl.CERT_NONE
             self._target_context = context
         return self._target_context
+
+    def reload_tls(self) -> None:
+        """Re-read ``--cert``/``--key``/``--cafile`` (SIGHUP) into a new TLS context.
+
+        Connections accepted from now on use it; open sessions keep the one
+        they began with.  Raises :class:`ConfigError` and keeps the current
+        context when the files cannot be loaded (a half-written renewal).
+        """
+        if self.settings.cert:
+            self.ssl_context = build_server_ssl_context(self.settings)
 
     def reload(self) -> None:
         """Re-read what may change while running (SIGHUP): audit log, tokens, auth file.

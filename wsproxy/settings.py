@@ -33,6 +33,7 @@ class Settings:
     unix_listen: Optional[str] = None
     unix_listen_mode: int = 0o600
     proxy_protocol: bool = False
+    inetd: bool = False
 
     # -- target ----------------------------------------------------------------
     target_host: Optional[str] = None
@@ -91,6 +92,8 @@ class Settings:
     log_file: Optional[str] = None
     syslog: Optional[str] = None
     workers: int = 1
+    user: Optional[str] = None
+    group: Optional[str] = None
 
     # -- metrics and audit (wsproxy.observe) ------------------------------------
     metrics: Optional[str] = None
