@@ -361,6 +361,9 @@ OPTIONS: Tuple[Option, ...] = (
            "stop accepting S seconds after start and exit once no session is open (0 = off)", _M),
     Option(("--idle-timeout",), "idle_timeout", "seconds", "S",
            "exit after S seconds with no session open (0 = off)", _M),
+    Option(("--splice",), "splice", "bool", None,
+           "move bulk target bytes to plain binary clients with splice(2), never copying "
+           "them (Linux, Python 3.10+; --no-splice always copies)", _M),
     # Compression
     Option(("--compress",), "compress", "bool", None,
            "offer RFC 7692 permessage-deflate to clients that ask for it", _C),

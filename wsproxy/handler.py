@@ -475,6 +475,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                       on_client_data=self._hook_chain("client_data", "record_from_client"),
                       on_target_data=self._hook_chain("target_data", "record_to_client"),
                       log_prefix=self.log_prefix)
+        relay.splice = self.settings.splice
         self.relay = relay
         register = getattr(self.server, "register_session", None)
         if register is not None:

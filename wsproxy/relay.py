@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from . import splice as _splice
 from .protocol.frames import CloseCode
 from .streams import SocketStream
 
@@ -76,7 +77,7 @@ class Relay:
 
         ``initial_data`` is client bytes already read past the handshake.
         """
-        self._downstream = threading.Thread(target=self._pump_downstream, daemon=True,
+        self._downstream = threading.Thread(target=self._downstream_pump(), daemon=True,
                                             name="wsproxy-downstream")
         self._downstream.start()
         try:
@@ -244,6 +245,13 @@ class Relay:
             pass
 
     # -- target → client ----------------------------------------------------------
+
+    #: False: never splice (``Settings.splice``); the handler sets it per session.
+    splice = True
+
+    def _downstream_pump(self) -> Callable[[], None]:
+        """Zero-copy (wsproxy.splice) when this session qualifies, else the copy loop."""
+        return (_splice.pump_for(self) if self.splice else None) or self._pump_downstream
 
     def _pump_downstream(self) -> None:
         connection = self.connection

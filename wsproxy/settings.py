@@ -81,6 +81,9 @@ class Settings:
     compress: bool = False
     compress_level: int = 6
     compress_window_bits: int = 15
+
+    # -- zero-copy downstream (wsproxy.splice; Linux, Python 3.10+) -----------------
+    splice: bool = True
     timeout: float = 0.0
     idle_timeout: float = 0.0
 

@@ -367,6 +367,32 @@ class Connection:
             frames += [encode_header(_BINARY, len(payload)), payload]
         return frames
 
+    # -- zero-copy output (wsproxy.splice) ------------------------------------------
+
+    @property
+    def frames_bytes_as_is(self) -> bool:
+        """True when target bytes go out unchanged, in binary frames.
+
+        Only then (no base64, no compression) may a payload bypass this
+        object: the kernel moves it while only the header is built here.
+        """
+        return not self._base64 and self._deflate is None
+
+    def send_data_header(self, length: int) -> list:
+        """:meth:`send_data` for a payload this object never sees.
+
+        Returns the queued control frames and the header of one binary
+        frame of ``length`` bytes, or ``[]`` once a close was sent; the
+        caller writes the ``length`` payload bytes right after, before any
+        other frame.  Only when :attr:`frames_bytes_as_is` holds.
+        """
+        with self._close_lock:
+            if self.close_sent:
+                return []
+            frames = self.data_to_send()
+        frames.append(encode_header(_BINARY, length))
+        return frames
+
     def _compressed_frame(self, payload) -> list:
         """One message for ``payload``: compressed with RSV1 set, or plain if that is smaller."""
         if self._base64:
