@@ -8,6 +8,7 @@ so a control frame written inside a spliced frame breaks the parse.
 
 import hashlib
 import os
+import socket
 import threading
 
 import pytest
@@ -188,49 +189,51 @@ def test_pongs_are_never_interleaved_in_spliced_frames(proxy, make_target, wspro
     target = make_target(echo=False, send_on_connect=stream, close_after_send=True)
     with proxy(target=target).session(protocols=["binary"]) as ws:
         # A ping per 64 KiB read, so pings (and their pongs) are spread over
-        # the whole stream, while the proxy is busy splicing to us.
-        frame_read = threading.Event()
-        stop = threading.Event()
-        pings, errors = [], []
-
-        def ping() -> None:
-            try:
-                while not stop.is_set():
-                    if frame_read.wait(0.05):
-                        frame_read.clear()
-                        pings.append(b"ping-%05d" % len(pings))
-                        ws.send_ping(pings[-1])
-            except Exception as exc:  # reported below
-                errors.append(exc)
-
-        pinger = threading.Thread(target=ping, daemon=True)
-        pinger.start()
-        data, pongs = [], []
+        # the whole stream while the proxy is busy splicing to us; a small
+        # receive buffer keeps the stream from sitting in socket buffers
+        # ahead of the pongs.
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
+        pings, data, pongs = [], [], []
         pongs_amid_data = received = 0
-        try:
-            while True:
-                # Every frame is parsed strictly: a pong written inside a
-                # spliced frame would shift every header after it.
-                frame = ws.recv_frame(timeout=20)
-                if frame.opcode == OP_CLOSE:
-                    break
-                if frame.opcode == OP_PONG:
-                    pongs.append(frame.payload)
-                    pongs_amid_data += received < len(stream)
-                else:
-                    assert frame.opcode == OP_BINARY and frame.fin
-                    data.append(frame.payload)
-                    if (received + len(frame.payload)) // (64 * KIB) > received // (64 * KIB):
-                        frame_read.set()
-                    received += len(frame.payload)
-        finally:
-            stop.set()
-            pinger.join(10)
-        assert not errors, errors
+        while True:
+            # Every frame is parsed strictly: a pong written inside a spliced
+            # frame would shift every header after it.
+            frame = ws.recv_frame(timeout=20)
+            if frame.opcode == OP_CLOSE:
+                break
+            if frame.opcode == OP_PONG:
+                pongs.append(frame.payload)
+                pongs_amid_data += received < len(stream)
+                continue
+            assert frame.opcode == OP_BINARY and frame.fin
+            data.append(frame.payload)
+            before, received = received, received + len(frame.payload)
+            for _ in range(received // (64 * KIB) - before // (64 * KIB)):
+                pings.append(b"ping-%05d" % len(pings))
+                ws.send_ping(pings[-1])
         assert sha(b"".join(data)) == sha(stream)
         # Pongs the proxy answered before its close all arrived, in order.
         assert pongs == pings[:len(pongs)]
-        assert pongs_amid_data > 5, "few pongs came while the stream flowed: nothing was tested"
+        assert pongs_amid_data > 10, "few pongs came while the stream flowed: nothing was tested"
         close_cleanly(ws)
     wait_until(lambda: wsproxy_log.find("bytes to client"))
     assert spliced_bytes(wsproxy_log) > len(stream) // 2
+
+
+# -- a client that stops reading ------------------------------------------------------------
+
+
+def test_client_that_stops_reading_is_aborted(proxy, make_target, wsproxy_log, monkeypatch):
+    """The pump blocked splicing into a full client socket still ends: the idle
+    timeout's close cannot be written, so both connections are aborted."""
+    import wsproxy.relay
+    monkeypatch.setattr(wsproxy.relay, "CLOSE_TIMEOUT", 0.5)
+    target = make_target(echo=False, send_on_connect=os.urandom(64 * MIB), close_after_send=True)
+    with proxy(target=target, session_timeout=0.5).session(protocols=["binary"]) as ws:
+        ws.recv_data_message()
+        wsproxy_log.wait_for(lambda line: SPLICE_ON in line)
+        # From now on the client reads nothing.
+        line = wsproxy_log.wait_for(lambda text: "bytes to client" in text, timeout=10,
+                                    what="the stalled session to end")
+        assert "idle timeout" in line, line
+        assert spliced_bytes(wsproxy_log) > 0
