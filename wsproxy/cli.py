@@ -182,7 +182,8 @@ def _positional_values(listen: Optional[str], target: Optional[str],
 def _check_complete(values: Dict[str, Any]) -> None:
     if not values.get("unix_listen") and "listen_port" not in values:
         raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT (or --unix-listen PATH)")
-    if not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
+    if not (values.get("target_host") or values.get("unix_target") or values.get("token_source")
+            or values.get("token_plugin")):
         raise ConfigError("target: missing TARGET_HOST:TARGET_PORT "
                           "(or --unix-target PATH, or --token-source)")
     if values.get("verbose") and values.get("quiet"):
@@ -477,8 +478,8 @@ def check_input_files(settings: Settings) -> None:
     """Fail early, naming the option, when a file wsproxy must read is missing."""
     for field, want_directory in INPUT_FILES:
         path = getattr(settings, field)
-        if not path or (field == "token_source" and "://" in path):
-            continue
+        if not path or (field == "token_source" and ("://" in path or settings.token_plugin)):
+            continue  # a URL, or a plugin's argument: the plugin checks it at start
         name = config.OPTION_FOR_FIELD[field].key
         if not os.path.exists(path):
             raise ConfigError("--%s: no such file or directory: %s" % (name, path))
@@ -598,8 +599,15 @@ def _stop(server: ProxyServer) -> int:
 def _changed_options(settings: Settings) -> str:
     changed = ["%s=%s" % (option.key, config.format_value(option, getattr(settings, option.field)))
                for option in config.OPTION_FOR_FIELD.values()
-               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
+               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)
+               and not _secret(settings, option.field)]
     return ", ".join(changed) or "none"
+
+
+def _secret(settings: Settings, field: str) -> bool:
+    """True for an option whose value may hold a password, never logged: a plugin's
+    argument (BasicHTTPAuth's USER:PASSWORD, TokenRedis's host:port:db:password)."""
+    return field == "auth_source" or (field == "token_source" and bool(settings.token_plugin))
 
 
 def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:
@@ -615,4 +623,6 @@ def _target_text(settings: Settings) -> str:
         return "unix:" + settings.unix_target
     if settings.target_host:
         return config.format_target(settings)
+    if settings.token_plugin:
+        return "the targets of --token-plugin %s" % settings.token_plugin
     return "the targets of --token-source %s" % settings.token_source

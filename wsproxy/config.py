@@ -105,10 +105,18 @@ def _read_path(text: str, base_dir: str) -> str:
 
 
 def _read_token_source(text: str, base_dir: str) -> str:
-    """A token file or directory (made absolute), or an http(s):// service URL as given."""
+    """A token file or directory (made absolute), or an http(s):// service URL as given.
+
+    With ``--token-plugin`` the text is the plugin's argument, which may be
+    no path at all (TokenRedis's ``host:port``): a text with a ``:`` that
+    names nothing relative to ``base_dir`` stays as given.
+    """
     if text.lower().startswith(("http://", "https://")):
         return text
-    return _read_path(text, base_dir)
+    path = _read_path(text, base_dir)
+    if ":" in text and not os.path.exists(path):
+        return text
+    return path
 
 
 def _integer_range(text: str, low: int, high: int, what: str) -> int:
@@ -301,6 +309,11 @@ OPTIONS: Tuple[Option, ...] = (
            "in every file of a DIR, or from an http(s):// token service", _K),
     Option(("--host-token",), "host_token", "bool", None,
            "take the token from the Host header (its host name) instead of ?token=", _K),
+    Option(("--token-plugin",), "token_plugin", "text", "NAME",
+           "look tokens up with a websockify token plugin: TokenFile, ReadOnlyTokenFile, "
+           "TokenFileName, BaseTokenAPI, JSONTokenApi, JWTTokenApi, TokenRedis, "
+           "UnixDomainSocketDirectory, or a dotted path module.Class; --token-source is "
+           "then its argument, as websockify reads it", _K),
     # TLS
     Option(("--cert",), "cert", "path", "FILE", "TLS certificate (PEM; may hold the key too)", _S),
     Option(("--key",), "key", "path", "FILE", "TLS private key (PEM), if not in --cert", _S),
@@ -329,6 +342,12 @@ OPTIONS: Tuple[Option, ...] = (
            "allowed Origin (repeatable); other origins get 403", _W),
     Option(("--auth-file",), "auth_file", "path", "FILE",
            "require HTTP Basic authentication against FILE (python3 -m wsproxy.passwd)", _W),
+    Option(("--auth-plugin",), "auth_plugin", "text", "NAME",
+           "check each WebSocket request with a websockify auth plugin: BasicHTTPAuth, "
+           "ExpectOrigin, ClientCertCNAuth, or a dotted path module.Class", _W),
+    Option(("--auth-source",), "auth_source", "text", "ARG",
+           "the --auth-plugin's argument (BasicHTTPAuth: USER:PASSWORD; ExpectOrigin: "
+           "origins; ClientCertCNAuth: common names)", _W),
     Option(("--trusted-proxy",), "trusted_proxy", "address-list", "ADDR",
            "a reverse proxy's IP address or network whose X-Forwarded-For/Forwarded "
            "is believed (repeatable)", _W),

@@ -183,6 +183,26 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                           tls=settings.ssl_target)
         raise HandshakeError(500, "no target configured")
 
+    def check_auth_plugin(self, request: Request, choice: Optional[TargetChoice]) -> None:
+        """Run the ``--auth-plugin`` (if any) on ``request``; HandshakeError when it refuses.
+
+        Called after :meth:`select_target`, since a websockify auth plugin
+        is told the target (``choice``; None where there is none yet).
+        """
+        auth_plugin = getattr(self.server, "auth_plugin", None)
+        if auth_plugin is None:
+            return
+        host = port = None
+        if isinstance(choice, Target) and choice.unix is None:
+            host, port = choice.host, choice.port
+        peer_cert = None
+        if self.stream is not None and self.stream.secure:
+            try:
+                peer_cert = self.stream.tls_object().getpeercert()
+            except (AttributeError, ValueError, ssl.SSLError):
+                peer_cert = None
+        auth_plugin.check(request.header_list, host, port, peer_cert)
+
     def session_started(self, session: SessionInfo) -> None:
         """Called once the 101 answer is sent, before any payload moves."""
 
@@ -300,6 +320,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             reserve()
             self._capacity_reserved = True
         choice = self.select_target(request)
+        self.check_auth_plugin(request, choice)
         self.target_stream, target = self._connect(choice)
         self._send_raw(answer)
         self.stream.settimeout(None)

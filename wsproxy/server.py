@@ -20,15 +20,15 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
+from .access import open_auth_plugin
 from .auth import AuthTable
-from . import trust
+from . import routing, trust
 from .handler import ProxyRequestHandler
 from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
-from .tokens import open_token_source
 
 logger = logging.getLogger("wsproxy")
 
@@ -72,9 +72,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 and self.address_family != socket.AF_UNIX):
             raise ConfigError("proxy-protocol: needs --trusted-proxy, the addresses of the "
                               "balancers allowed to send the PROXY header")
-        self.token_table = (open_token_source(self.settings.token_source)
-                            if self.settings.token_source else None)
+        self.token_table = routing.open_token_lookup(self.settings)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
+        self.auth_plugin = open_auth_plugin(self.settings)
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()

@@ -43,6 +43,10 @@ class Settings:
     target_insecure: bool = False
     token_source: Optional[str] = None
     host_token: bool = False
+    # websockify's plugins: a built-in name or a dotted path module.Class
+    token_plugin: Optional[str] = None
+    auth_plugin: Optional[str] = None
+    auth_source: Optional[str] = None
 
     # -- TLS -------------------------------------------------------------------
     cert: Optional[str] = None
