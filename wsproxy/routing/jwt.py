@@ -96,6 +96,10 @@ def verify(token: str, key: Key, now: float) -> Tuple[Any, Any]:
             raise TokenRejected("JWT algorithm %r does not fit an HMAC key (HS256/384/512)"
                                 % (algorithm,))
         expected = hmac.new(key, signed, _HMAC_HASHES[algorithm]).digest()
+        if len(key) < len(expected):
+            # RFC 7518 §3.2: the key must be at least as long as the hash output.
+            raise TokenRejected("the HMAC secret has %d bytes; %s needs at least %d"
+                                % (len(key), algorithm, len(expected)))
         valid = hmac.compare_digest(expected, signature)
     else:
         if algorithm not in _RSA_HASHES:
