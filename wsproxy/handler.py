@@ -198,7 +198,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         peer_cert = None
         if self.stream is not None and self.stream.secure:
             try:
-                peer_cert = self.stream.tls_object().getpeercert()
+                peer_cert = self.stream.tls_object.getpeercert()
             except (AttributeError, ValueError, ssl.SSLError):
                 peer_cert = None
         auth_plugin.check(request.header_list, host, port, peer_cert)
