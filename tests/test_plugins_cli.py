@@ -1,0 +1,77 @@
+"""``--token-plugin``, ``--auth-plugin`` and ``--auth-source`` on the command line and in config files.
+
+Real child processes (``python -m wsproxy``), a real Redis for the token
+plugin, and a real WebSocket session through the started proxy.
+"""
+
+import base64
+import os
+
+import pytest
+
+from conftest import free_port
+from test_cli import foreground, run_wsproxy  # noqa: F401  (the fixture is used by name)
+from test_config import printed_values
+from wsclient import OP_BINARY, open_session
+
+from wsproxy.config import parse_config
+
+
+def test_redis_and_basic_auth_from_the_command_line(foreground, redis_server, make_target):
+    redis = redis_server(password="topsecret")
+    target = make_target(send_on_connect=b"C")
+    redis.set("desk", "127.0.0.1:%d" % target.port)
+    port = free_port()
+    child = foreground("-f", "-v", "--token-plugin", "TokenRedis",
+                       "--token-source", "127.0.0.1:%d:0:topsecret" % redis.port,
+                       "--auth-plugin", "BasicHTTPAuth", "--auth-source", "alice:hunter2",
+                       "127.0.0.1:%d" % port)
+    child.wait_listening(port)
+    credentials = "Basic " + base64.b64encode(b"alice:hunter2").decode()
+    with open_session(port, protocols=["binary"], path="/?token=desk",
+                      headers={"Authorization": credentials}) as ws:
+        assert ws.recv_stream(1, opcode=OP_BINARY) == b"C"
+        ws.send_close(1000)
+        ws.recv_close()
+    output = child.output()
+    assert "--token-plugin TokenRedis" in output
+    # Neither plugin argument reaches the log, at any verbosity.
+    assert "topsecret" not in output and "hunter2" not in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--token-plugin", "NoSuchPlugin"], "token-plugin: no built-in plugin 'NoSuchPlugin'"),
+    (["--token-plugin", "nosuchmodule.Plugin"], "token-plugin: cannot import nosuchmodule"),
+    (["--token-plugin", "TokenFile", "--token-source", "/nonexistent/tokens"],
+     "token-source: /nonexistent/tokens does not exist"),
+    (["--token-plugin", "TokenRedis", "--token-source", "h:notaport"], "token-source: TokenRedis"),
+    (["--token-plugin", "JWTTokenApi"], "token-source: JWTTokenApi needs a key file"),
+    (["--auth-source", "x", "--unix-target", "/nonexistent"], "auth-source: needs --auth-plugin"),
+    (["--auth-plugin", "BasicHTTPAuth", "--unix-target", "/x"], "auth-source: BasicHTTPAuth"),
+], ids=["unknown", "unimportable", "missing-file", "redis-source", "jwt-no-key", "source-alone",
+        "basic-no-source"])
+def test_bad_plugin_options_exit_2_naming_the_option(args, message):
+    result = run_wsproxy("-f", *(args + [str(free_port())]))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_token_plugin_needs_no_target_and_keeps_its_source_as_given():
+    result = run_wsproxy("--print-config", "--token-plugin", "TokenRedis",
+                         "--token-source", "redis.example:6379:1", "8080")
+    assert result.returncode == 0, result.stderr
+    values = printed_values(result.stdout)
+    assert values["token-plugin"] == "TokenRedis"
+    assert values["token-source"] == "redis.example:6379:1"
+
+
+def test_config_file_keys(tmp_path):
+    (tmp_path / "tokens").write_text("a: h:1\n")
+    values = parse_config("[wsproxy]\ntoken-plugin = ReadOnlyTokenFile\ntoken-source = tokens\n"
+                          "auth-plugin = ExpectOrigin\nauth-source = https://a https://b\n",
+                          base_dir=str(tmp_path))
+    assert values == {"token_plugin": "ReadOnlyTokenFile",
+                      "token_source": os.path.join(str(tmp_path), "tokens"),
+                      "auth_plugin": "ExpectOrigin", "auth_source": "https://a https://b"}
