@@ -58,13 +58,17 @@ def test_bad_plugin_options_exit_2_naming_the_option(args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_token_plugin_needs_no_target_and_keeps_its_source_as_given():
+@pytest.mark.parametrize("source", ["redis.example:6379:1", "my-redis-host"])
+def test_token_plugin_needs_no_target_and_keeps_its_source_as_given(source):
+    # websockify's own example: --token-source my-redis-host (no path, no colon).
     result = run_wsproxy("--print-config", "--token-plugin", "TokenRedis",
-                         "--token-source", "redis.example:6379:1", "8080")
+                         "--token-source", source, "8080")
     assert result.returncode == 0, result.stderr
     values = printed_values(result.stdout)
     assert values["token-plugin"] == "TokenRedis"
-    assert values["token-source"] == "redis.example:6379:1"
+    assert values["token-source"] == source
+    # The printed file reads back to the same values.
+    assert parse_config(result.stdout)["token_source"] == source
 
 
 def test_config_file_keys(tmp_path):
@@ -75,3 +79,9 @@ def test_config_file_keys(tmp_path):
     assert values == {"token_plugin": "ReadOnlyTokenFile",
                       "token_source": os.path.join(str(tmp_path), "tokens"),
                       "auth_plugin": "ExpectOrigin", "auth_source": "https://a https://b"}
+    # In either order, a plugin that is not file-based gets its argument as written.
+    for text in ("token-source = my-redis-host\ntoken-plugin = TokenRedis\n",
+                 "token-plugin = TokenRedis\ntoken-source = my-redis-host\n",
+                 "token-plugin = mymodule.Plugin\ntoken-source = tokens\n"):
+        source = parse_config("[wsproxy]\n" + text, base_dir=str(tmp_path))["token_source"]
+        assert source == text.split("token-source = ")[1].split("\n")[0]

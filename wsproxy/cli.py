@@ -135,6 +135,10 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
         values.pop("verbose", None)
         values.pop("quiet", None)
     values.update(options)
+    if args.token_source is not None and values.get("token_plugin"):
+        # A plugin's argument is read as that plugin reads it (TokenRedis's host:port).
+        values["token_source"] = config.token_source_for(args.token_source, "",
+                                                         values["token_plugin"])
     _check_complete(values)
     return Settings(**values), args.print_config
 

@@ -105,18 +105,36 @@ def _read_path(text: str, base_dir: str) -> str:
 
 
 def _read_token_source(text: str, base_dir: str) -> str:
-    """A token file or directory (made absolute), or an http(s):// service URL as given.
-
-    With ``--token-plugin`` the text is the plugin's argument, which may be
-    no path at all (TokenRedis's ``host:port``): a text with a ``:`` that
-    names nothing relative to ``base_dir`` stays as given.
-    """
+    """A token file or directory (made absolute), or an http(s):// service URL as given."""
     if text.lower().startswith(("http://", "https://")):
         return text
-    path = _read_path(text, base_dir)
-    if ":" in text and not os.path.exists(path):
-        return text
-    return path
+    return _read_path(text, base_dir)
+
+
+#: The built-in token plugins whose ``--token-source`` is a path (made absolute like
+#: any path option); any other plugin gets the text as given, as websockify passes it.
+PATH_TOKEN_PLUGINS = ("TokenFile", "ReadOnlyTokenFile", "TokenFileName",
+                      "UnixDomainSocketDirectory", "JWTTokenApi")
+
+
+def token_source_for(text: str, base_dir: str, token_plugin: Optional[str]) -> Optional[str]:
+    """The ``token_source`` value for ``text``, given the ``token_plugin`` in effect.
+
+    Without a plugin: wsproxy's own FILE|DIR|URL.  With one: a path made
+    absolute for the built-ins that read files, else the plugin's argument
+    as given (TokenRedis's ``host:port``, an API URL, a custom plugin's text).
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if not token_plugin:
+        return _read_token_source(text, base_dir or os.getcwd())
+    name = token_plugin.strip()
+    if name.startswith("websockify.token_plugins."):
+        name = name.rpartition(".")[2]
+    if name in PATH_TOKEN_PLUGINS:
+        return _read_path(text, base_dir or os.getcwd())
+    return text
 
 
 def _integer_range(text: str, low: int, high: int, what: str) -> int:
@@ -505,6 +523,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Dic
                                  name, SECTION))
     values: Dict[str, Any] = {}
     set_by: Dict[str, str] = {}
+    raw_token_source = ""
     for raw_key, raw_value in parser.items(SECTION, raw=True):
         key = raw_key.replace("_", "-")
         where = "%s:%s" % (source, _line_of(text, re.escape(raw_key)))
@@ -528,6 +547,12 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Dic
         except ConfigError as exc:
             raise ConfigError("%s: %s: %s" % (where, raw_key, exc)) from None
         values[option.field] = value
+        if option.field == "token_source":
+            raw_token_source = raw_value
+    if "token_source" in values and values.get("token_plugin"):
+        # A plugin's argument is read as that plugin reads it.
+        values["token_source"] = token_source_for(raw_token_source, base_dir,
+                                                  values["token_plugin"])
     return values
 
 
