@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from wsproxy.plugins import AuthenticationError, BasePlugin, InvalidOriginError, load_plugin
 from wsproxy.protocol.errors import HandshakeError
 from wsproxy.settings import ConfigError, Settings
+from wsproxy.tokens import SERVICE_TIMEOUT
 
 logger = logging.getLogger("wsproxy")
 
@@ -38,8 +39,8 @@ AUTH_PLUGINS: Dict[str, str] = {
 
 #: The header that carries the TLS client certificate's common name (Apache's name).
 CLIENT_CN_HEADER = "SSL_CLIENT_S_DN_CN"
-#: Seconds a plugin from elsewhere may take to decide.
-AUTH_TIMEOUT = 2.0
+#: Seconds a plugin from elsewhere may take to decide (the token lookups' deadline).
+AUTH_TIMEOUT = SERVICE_TIMEOUT
 #: Plugin calls past their deadline that may still be running; more get 503 at once.
 MAX_STUCK = 16
 

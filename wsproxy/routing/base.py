@@ -11,14 +11,14 @@ from typing import Any, Optional
 
 from wsproxy.plugins import BasePlugin
 from wsproxy.targets import Target
-from wsproxy.tokens import TokenServiceError
+from wsproxy.tokens import SERVICE_TIMEOUT, TokenServiceError
 
 #: The host name websockify's plugins answer with for a Unix socket target.
 UNIX_SOCKET = "unix_socket"
 
 #: Seconds one lookup may take (the token service's deadline): connect,
 #: ask and read the whole answer.  Past it the handshake gets 503.
-LOOKUP_TIMEOUT = 2.0
+LOOKUP_TIMEOUT = SERVICE_TIMEOUT
 
 #: Longest answer read from a file, an HTTP service or Redis for one token.
 MAX_ANSWER = 64 * 1024
