@@ -6,7 +6,6 @@ by the test and loaded by its dotted path.
 """
 
 import base64
-import os
 import ssl
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import textwrap
 import pytest
 
 import certs
-from wsclient import OP_BINARY, ClientError, WSClient
+from wsclient import OP_BINARY, WSClient
 
 from wsproxy import ConfigError, ProxyServer, Settings
 

@@ -12,8 +12,6 @@ None``, raising :class:`TokenLookupError` for 503):
 :func:`open_token_lookup` picks the one a :class:`Settings` asks for.
 """
 
-from typing import Optional
-
 from wsproxy.settings import Settings
 from wsproxy.tokens import TokenService, TokenTable, open_token_source, token_from_request
 

@@ -16,7 +16,6 @@ the reason in the log line; the key file is read again when it changes.
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
