@@ -155,14 +155,18 @@ def rsa_keys(tmp_path_factory):
 
 def rs_token(keys, claims, alg="RS256"):
     head = unsigned({"alg": alg, "typ": "JWT"}, claims)
-    digest = {"RS256": "-sha256", "RS384": "-sha384", "RS512": "-sha512"}[alg]
-    signature = openssl("dgst", digest, "-sign", str(keys / "private.pem"), data=head.encode())
+    digest = "-sha" + alg[2:]
+    pss = []
+    if alg.startswith("PS"):  # RFC 7518 §3.5: MGF1 with the same hash, salt as long as it
+        pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]
+    signature = openssl("dgst", digest, "-sign", str(keys / "private.pem"), *pss,
+                        data=head.encode())
     return head + "." + b64url(signature)
 
 
 @pytest.mark.parametrize("key_file", ["public.pem", "cert.pem", "pkcs1-public.pem",
                                       "private.pem", "traditional.pem"])
-@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512"])
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"])
 def test_rsa_tokens_signed_by_openssl(rsa_keys, key_file, alg):
     tokens = PluginTokens("JWTTokenApi", str(rsa_keys / key_file))
     token = rs_token(rsa_keys, CLAIMS, alg)
@@ -170,6 +174,14 @@ def test_rsa_tokens_signed_by_openssl(rsa_keys, key_file, alg):
     head, payload, signature = token.split(".")
     forged = unsigned({"alg": alg}, dict(CLAIMS, port=22)).split(".")[1]
     assert "signature" in rejected(tokens, ".".join((head, forged, signature)))
+
+
+def test_pss_and_pkcs1_signatures_are_not_interchangeable(rsa_keys):
+    tokens = PluginTokens("JWTTokenApi", str(rsa_keys / "public.pem"))
+    for signed_as, claimed in (("RS256", "PS256"), ("PS256", "RS256")):
+        head, payload, signature = rs_token(rsa_keys, CLAIMS, signed_as).split(".")
+        relabelled = unsigned({"alg": claimed, "typ": "JWT"}, CLAIMS)
+        assert "signature" in rejected(tokens, relabelled + "." + signature)
 
 
 def test_rsa_public_key_cannot_serve_as_an_hmac_secret(rsa_keys):

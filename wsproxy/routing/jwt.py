@@ -1,7 +1,8 @@
 """Token plugin ``JWTTokenApi``: the token is a signed JWT naming its own target.
 
 The source is a key file, as websockify reads it: a PEM RSA public key,
-certificate or private key (for RS256/RS384/RS512), or else the HMAC
+certificate or private key (for RS256/RS384/RS512, and PS256/PS384/PS512
+as websockify's JWT library accepts them too), or else the HMAC
 secret written base64url-encoded (for HS256/HS384/HS512; the file ``c2VjcmV0``
 is the secret ``secret``).  The token is a JWS compact serialization
 (RFC 7515 §7.1) whose claims hold ``host`` and ``port``; ``nbf`` and
@@ -32,7 +33,8 @@ from .base import BuiltinPlugin, TokenLookupError, TokenRejected, to_target
 MAX_TOKEN = 16 * 1024
 
 _HMAC_HASHES = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
-_RSA_HASHES = {"RS256": "sha256", "RS384": "sha384", "RS512": "sha512"}
+_RSA_HASHES = {"RS256": "sha256", "RS384": "sha384", "RS512": "sha512",
+               "PS256": "sha256", "PS384": "sha384", "PS512": "sha512"}
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 
 Key = Union[bytes, rsa.RSAPublicKey]
@@ -102,9 +104,12 @@ def verify(token: str, key: Key, now: float) -> Tuple[Any, Any]:
         valid = hmac.compare_digest(expected, signature)
     else:
         if algorithm not in _RSA_HASHES:
-            raise TokenRejected("JWT algorithm %r does not fit an RSA key (RS256/384/512)"
-                                % (algorithm,))
-        valid = key.verify(signed, signature, _RSA_HASHES[algorithm])
+            raise TokenRejected("JWT algorithm %r does not fit an RSA key (RS256/384/512, "
+                                "PS256/384/512)" % (algorithm,))
+        if algorithm.startswith("PS"):
+            valid = key.verify_pss(signed, signature, _RSA_HASHES[algorithm])
+        else:
+            valid = key.verify(signed, signature, _RSA_HASHES[algorithm])
     if not valid:
         raise TokenRejected("JWT signature does not match the key")
     _check_time(claims, now)

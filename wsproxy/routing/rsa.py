@@ -1,4 +1,4 @@
-"""RSA public keys from PEM files, and RSASSA-PKCS1-v1_5 signature checks (RFC 8017 §8.2.2).
+"""RSA public keys from PEM files; RSASSA-PKCS1-v1_5 and RSASSA-PSS checks (RFC 8017 §8).
 
 Reads what ``openssl`` writes: ``PUBLIC KEY`` (SubjectPublicKeyInfo),
 ``RSA PUBLIC KEY`` (PKCS#1), ``CERTIFICATE`` (X.509; its subject's key),
@@ -31,7 +31,7 @@ _KNOWN_OIDS = {
     bytes.fromhex("2a8648ce3d0201"): "an EC key",  # 1.2.840.10045.2.1 id-ecPublicKey
     bytes.fromhex("2b6570"): "an Ed25519 key",  # 1.3.101.112
     bytes.fromhex("2b6571"): "an Ed448 key",  # 1.3.101.113
-    bytes.fromhex("2a864886f70d01010a"): "an RSA-PSS-only key",  # 1.2.840.113549.1.1.10
+    bytes.fromhex("2a864886f70d01010a"): "an RSA-PSS-only key (give a plain RSA key)",  # 1.2.840.113549.1.1.10
 }
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
@@ -69,6 +69,52 @@ class RSAPublicKey(NamedTuple):
             return False
         expected = b"\x00\x01" + b"\xff" * (k - len(digest_info) - 3) + b"\x00" + digest_info
         return hmac.compare_digest(encoded, expected)
+
+
+    def verify_pss(self, message: bytes, signature: bytes, hash_name: str) -> bool:
+        """True when ``signature`` is this key's RSASSA-PSS signature of ``message``.
+
+        RFC 8017 §9.1.2 (EMSA-PSS-VERIFY) with MGF1 over the same hash and a
+        salt as long as the hash, as RFC 7518 §3.5 fixes for PS256/384/512.
+        """
+        if len(signature) != self.size:
+            return False
+        s = int.from_bytes(signature, "big")
+        if s >= self.n:
+            return False
+        em_bits = self.n.bit_length() - 1
+        em_len = (em_bits + 7) // 8
+        m = pow(s, self.e, self.n)
+        if m.bit_length() > em_len * 8:
+            return False
+        encoded = m.to_bytes(em_len, "big")
+        h_len = hashlib.new(hash_name).digest_size
+        salt_len = h_len
+        if em_len < h_len + salt_len + 2 or encoded[-1] != 0xBC:
+            return False
+        masked, digest = encoded[:em_len - h_len - 1], encoded[em_len - h_len - 1:-1]
+        unused_bits = 8 * em_len - em_bits
+        if unused_bits and masked[0] >> (8 - unused_bits):
+            return False
+        db = bytearray(a ^ b for a, b in zip(masked, _mgf1(digest, len(masked), hash_name)))
+        db[0] &= 0xFF >> unused_bits
+        padding = em_len - h_len - salt_len - 2
+        if any(db[:padding]) or db[padding] != 0x01:
+            return False
+        salt = bytes(db[len(db) - salt_len:])
+        expected = hashlib.new(hash_name, b"\0" * 8 + hashlib.new(hash_name, message).digest()
+                               + salt).digest()
+        return hmac.compare_digest(digest, expected)
+
+
+def _mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
+    """RFC 8017 §B.2.1: the mask generation function MGF1."""
+    out = bytearray()
+    counter = 0
+    while len(out) < length:
+        out += hashlib.new(hash_name, seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return bytes(out[:length])
 
 
 # -- DER ------------------------------------------------------------------------------
