@@ -190,7 +190,7 @@ def _algorithm(item: Tuple[int, bytes]) -> bytes:
         raise ValueError("expected an OID")
     if oid != _RSA_OID:
         what = _KNOWN_OIDS.get(oid, "a key of an unknown kind")
-        raise KeyFileError("%s; only RSA keys (RS256/384/512) and HMAC secrets (HS256/384/512) "
+        raise KeyFileError("%s; only RSA keys (RS*, PS*) and HMAC secrets (HS*) "
                         "are supported" % what)
     return oid
 
@@ -263,7 +263,7 @@ def public_key_from_pem(data: bytes) -> RSAPublicKey:
     for match in _PEM_BLOCK.finditer(text):
         label, body = match.group(1), match.group(2)
         if label in _REFUSED:
-            raise KeyFileError("%s; only RSA keys (RS256/384/512) and HMAC secrets (HS256/384/512) "
+            raise KeyFileError("%s; only RSA keys (RS*, PS*) and HMAC secrets (HS*) "
                             "without a password are supported" % _REFUSED[label])
         reader = _READERS.get(label)
         if reader is None:
