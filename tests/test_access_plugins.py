@@ -196,3 +196,26 @@ def test_custom_auth_plugin_that_hangs_gets_503(proxy, echo_target, custom_auth)
     assert status_of(running, {"X-Ticket": "hang"}).status == 503
     assert opens(running, {"X-Ticket": "t1"})
     sys.modules["h13_custom_auth"].TicketAuth.release.set()
+
+
+# -- --web-auth: the auth plugin guards plain HTTP too -------------------------------------
+
+
+def test_web_auth_guards_files_with_the_auth_plugin(proxy, tmp_path):
+    (tmp_path / "index.html").write_text("<p>noVNC</p>")
+    running = proxy(web=str(tmp_path), auth_plugin="BasicHTTPAuth", auth_source="u:p")
+    settings = running.server.settings
+    with running.client() as client:  # without --web-auth the files are open
+        client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+    settings.web_auth = True  # the field --web-auth sets
+    for credentials, status in ((None, 401), (b"u:wrong", 401), (b"u:p", 200)):
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n"
+        if credentials:
+            head += b"Authorization: " + basic(credentials).encode() + b"\r\n"
+        with running.client() as client:
+            client.send_raw(head + b"\r\n")
+            response = client.read_response()
+            assert response.status == status
+            if status == 401:
+                assert response.header("WWW-Authenticate")

@@ -355,6 +355,13 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         static files; otherwise 405 with a short text naming the proxy.
         """
         settings = self.settings
+        if getattr(settings, "web_auth", False):
+            # --web-auth: the --auth-plugin guards files and the status page too,
+            # told the configured target as websockify tells it.
+            configured = None
+            if settings.target_host is not None and settings.target_port:
+                configured = Target(host=settings.target_host, port=settings.target_port)
+            self.check_auth_plugin(request, configured)
         status_page = getattr(self.server, "status_document", None)
         if settings.status and request.path == settings.status and status_page is not None:
             if request.method not in ("GET", "HEAD"):
