@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 import certs
+from conftest import wait_until
 from wsclient import OP_BINARY, WSClient
 
 from wsproxy import ConfigError, ProxyServer, Settings
@@ -48,7 +49,8 @@ def test_basic_http_auth(proxy, echo_target, wsproxy_log):
     # websockify decodes the credentials as ISO-8859-1.
     good = basic("alice:pa:ss w\u00f6rd".encode("latin-1"))
     assert opens(running, {"Authorization": good})
-    assert len(echo_target.connections) == 1
+    # The target accepts in order: had a refused request reached it, the count would pass 1.
+    wait_until(lambda: len(echo_target.connections) == 1, message="the one session's connection")
     wsproxy_log.wait_for(lambda text: "refused: 401" in text, what="a log line for the 401")
     for record in wsproxy_log.snapshot():
         assert "pa:ss" not in record.getMessage()
@@ -78,7 +80,9 @@ def test_expect_origin(proxy, echo_target):
     refused = status_of(running, {"Origin": "https://evil.example"})
     assert refused.status == 403
     assert status_of(running).status == 403  # no Origin at all
-    assert len(echo_target.connections) == 2
+    assert opens(running, {"Origin": "https://a.example"})  # a barrier: targets accept in order
+    wait_until(lambda: len(echo_target.connections) == 3, message="three sessions' connections")
+    assert len(echo_target.connections) == 3
 
 
 # -- ClientCertCNAuth ------------------------------------------------------------------------
