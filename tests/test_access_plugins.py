@@ -207,12 +207,13 @@ def test_custom_auth_plugin_that_hangs_gets_503(proxy, echo_target, custom_auth)
 
 def test_web_auth_guards_files_with_the_auth_plugin(proxy, tmp_path):
     (tmp_path / "index.html").write_text("<p>noVNC</p>")
-    running = proxy(web=str(tmp_path), auth_plugin="BasicHTTPAuth", auth_source="u:p")
-    settings = running.server.settings
-    with running.client() as client:  # without --web-auth the files are open
+    open_site = proxy(web=str(tmp_path), auth_plugin="BasicHTTPAuth", auth_source="u:p")
+    with open_site.client() as client:  # without --web-auth the files are open
         client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert client.read_response().status == 200
-    settings.web_auth = True  # the field --web-auth sets
+    # --web-auth with an auth plugin and no --auth-file is a valid configuration.
+    running = proxy(web=str(tmp_path), auth_plugin="BasicHTTPAuth", auth_source="u:p",
+                    web_auth=True)
     for credentials, status in ((None, 401), (b"u:wrong", 401), (b"u:p", 200)):
         head = b"GET / HTTP/1.1\r\nHost: x\r\n"
         if credentials:

@@ -85,3 +85,18 @@ def test_config_file_keys(tmp_path):
                  "token-plugin = mymodule.Plugin\ntoken-source = tokens\n"):
         source = parse_config("[wsproxy]\n" + text, base_dir=str(tmp_path))["token_source"]
         assert source == text.split("token-source = ")[1].split("\n")[0]
+
+
+def test_plugin_passwords_are_masked_in_every_log_line():
+    from wsproxy import Settings
+    from wsproxy.redact import SecretFilter, secrets_in
+    settings = Settings(auth_plugin="BasicHTTPAuth", auth_source="alice:hunter22",
+                        token_plugin="websockify.token_plugins.TokenRedis",
+                        token_source='redis:6379:0:"pw:1234":ns')
+    secrets = secrets_in(settings)
+    assert {"hunter22", "pw:1234"} <= secrets
+    import logging
+    record = logging.LogRecord("wsproxy", logging.WARNING, __file__, 1,
+                               "redis said %s after %s", ("pw:1234", "hunter22"), None)
+    SecretFilter(secrets).filter(record)
+    assert "pw:1234" not in record.getMessage() and "hunter22" not in record.getMessage()
