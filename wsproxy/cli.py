@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, workers
+from . import __version__, config, daemon, fdlimit, workers
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -426,6 +426,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
+    fdlimit.raise_open_file_limit()  # before --workers fork: they inherit it
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)

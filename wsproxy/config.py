@@ -343,6 +343,11 @@ OPTIONS: Tuple[Option, ...] = (
            "ping each client every S seconds; close it when it stops answering (0 = off)", _M),
     Option(("--max-connections",), "max_connections", "count", "N",
            "open sessions allowed; more get 503 (0 = no limit)", _M),
+    Option(("--max-connections-per-ip",), "max_connections_per_ip", "count", "N",
+           "open sessions allowed per client address; more get 503 (0 = no limit)", _M),
+    Option(("--write-timeout",), "write_timeout", "seconds", "S",
+           "end a session whose client or target has accepted no byte for S seconds "
+           "(0 = never)", _M),
     Option(("--max-header-size",), "max_header_size", "size", "BYTES",
            "largest request header block", _M),
     Option(("--max-message-size",), "max_message_size", "size", "BYTES",

@@ -65,6 +65,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.recorder = None  # a wsproxy.record.Recorder with --record
         self.remote_address = self.client_address
         self._capacity_reserved = False
+        self._capacity_key = None
         self._handshaking = True
         self.user: Optional[str] = None
         #: One deadline for the whole handshake: sniff, TLS and HTTP.
@@ -102,11 +103,16 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             return
         try:
             request, rest = self._read_head()
+            received = getattr(self.server, "request_received", None)
+            if received is not None:
+                received(self.request)
             self.http_request = request
             self._apply_forwarded(request)
             self._dispatch(request, rest)
         except HandshakeError as exc:
-            logger.info("%srefused: %s", self.log_prefix, _escape(str(exc)))
+            # A refusal the server already logged (throttled) is only a debug line here.
+            logger.log(logging.DEBUG if getattr(exc, "logged", False) else logging.INFO,
+                       "%srefused: %s", self.log_prefix, _escape(str(exc)))
             self._send_raw(handshake.error_response(exc))
         except socket.timeout:
             logger.info("%shandshake timed out", self.log_prefix)
@@ -119,7 +125,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             if self.target_stream is not None:
                 self.target_stream.close()
             if self._capacity_reserved:
-                self.server.release_capacity()
+                self.server.release_capacity(self._capacity_key)
 
     def finish(self) -> None:
         # rfile/wfile are unbuffered views of the stream: nothing to flush.
@@ -297,7 +303,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             raise HandshakeError(status if 400 <= status <= 599 else 403, "refused")
         reserve = getattr(self.server, "check_capacity", None)
         if reserve is not None:
-            reserve()
+            self._capacity_key = reserve(self.remote_address)
             self._capacity_reserved = True
         choice = self.select_target(request)
         self.target_stream, target = self._connect(choice)
@@ -433,9 +439,18 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                       log_prefix=self.log_prefix)
         self.relay = relay
         register = getattr(self.server, "register_session", None)
-        if register is not None:
-            register(self)
+        if register is not None and register(self) is False:
+            # shutdown() began after the 101: this session must never run.
+            logger.info("%sclosed at once: the server is shutting down", self.log_prefix)
+            connection.send_close(1001, "server shutting down")
+            self._send_raw(b"".join(connection.data_to_send()))
+            return
         self._leave_handshake()
+        # A peer that accepts no byte for this long is gone: end the session
+        # rather than pin both pumps on it forever (--write-timeout).
+        write_timeout = self.settings.write_timeout or None
+        self.stream.write_timeout = write_timeout
+        self.target_stream.write_timeout = write_timeout
         logger.info("%sopen to %s (%s%s)", self.log_prefix, target, protocol,
                     ", " + subprotocol if subprotocol else "")
         started = time.monotonic()
@@ -512,7 +527,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self._handshaking = False
         finished = getattr(self.server, "handshake_finished", None)
         if finished is not None:
-            finished()
+            finished(self.request)
 
     def _send_raw(self, data: bytes) -> None:
         try:

@@ -8,6 +8,7 @@ the TLS handshake, the HTTP handshake) runs there, bounded by
 else's accept.
 """
 
+import errno
 import itertools
 import json
 import logging
@@ -20,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
+from .admission import AddressCounter, PendingHandshakes, Throttle
 from .auth import AuthTable
 from . import trust
 from .handler import ProxyRequestHandler
@@ -41,6 +43,17 @@ _TLS_VERSIONS = {
 SHUTDOWN_GRACE = 5.0
 #: Connections allowed in the handshake phase at once (see ``process_request``).
 MAX_PENDING_HANDSHAKES = 2048
+#: One client address's share of them, past which its stalled ones are evicted.
+MAX_PENDING_PER_ADDRESS = 256
+#: Seconds a pending connection may wait for its client's request before it counts as stalled.
+STALL_GRACE = 2.0
+#: What ``shutdown()`` waits past ``SHUTDOWN_GRACE`` for aborted sessions to finish.
+_SHUTDOWN_SLACK = 1.0
+#: ``accept()`` errors that mean "out of descriptors or memory": back off, do not spin.
+_ACCEPT_EXHAUSTED = frozenset(getattr(errno, name) for name in
+                              ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM") if hasattr(errno, name))
+#: Seconds the accept loop pauses after such an error.
+ACCEPT_BACKOFF = 0.1
 #: Unanswered heartbeat pings before a session is closed.
 HEARTBEAT_MISSES = 3
 
@@ -79,8 +92,13 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
         self._reserved = 0
-        self._pending_handshakes = 0
+        self._pending = PendingHandshakes(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
+                                          STALL_GRACE)
+        self._per_address = AddressCounter(self.settings.max_connections_per_ip)
         self._crowded_logged = 0.0
+        self._evictions_logged = Throttle(1.0)
+        self._per_address_logged = Throttle(1.0)
+        self._exhausted_logged = Throttle(60.0)
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
@@ -113,32 +131,68 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         # treats the non-blocking accept's "nothing there" as no request.
         self.socket.setblocking(False)
 
+    def get_request(self):
+        """Accept a connection; out of descriptors, log (throttled) and pause instead of spinning.
+
+        At the open-file limit ``accept()`` fails with EMFILE while the
+        connection stays queued, so the listener stays readable: without a
+        pause the accept loop would spin a core.
+        """
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_EXHAUSTED:
+                if self._exhausted_logged.ready():
+                    logger.warning("cannot accept connections: %s (open-file limit %s); "
+                                   "retrying every %g s", exc.strerror or exc,
+                                   _open_file_limit(), ACCEPT_BACKOFF)
+                time.sleep(ACCEPT_BACKOFF)
+            raise
+
     def process_request(self, request, client_address) -> None:
         """Start the connection's thread, unless too many are still handshaking.
 
         Every connection gets a thread before anything is known of it, so
         a flood of silent connections could otherwise exhaust threads and
-        memory: past ``MAX_PENDING_HANDSHAKES`` connections that have not
-        finished their handshake, new ones are closed at once.
+        memory: at most ``MAX_PENDING_HANDSHAKES`` connections may be in
+        their handshake, each address with a fair share (see
+        :mod:`wsproxy.admission`: stalled ones are evicted for new ones);
+        past the bound, with nothing stalled to evict, new ones are closed
+        at once.
         """
-        with self._sessions_lock:
-            crowded = self._pending_handshakes >= MAX_PENDING_HANDSHAKES
-            if not crowded:
-                self._pending_handshakes += 1
-        if crowded:
+        if not self._pending.admit(request, client_address, self._log_eviction):
             now = time.monotonic()
             if now - self._crowded_logged >= 1.0:  # one line a second at most
                 self._crowded_logged = now
                 logger.warning("%d connections still handshaking; refusing new ones "
-                               "(e.g. %s)", MAX_PENDING_HANDSHAKES, format_address(client_address))
+                               "(e.g. %s)", len(self._pending), format_address(client_address))
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
-    def handshake_finished(self) -> None:
+    def _log_eviction(self, key: str, why: str) -> None:
+        if self._evictions_logged.ready():
+            logger.warning("%s: closed a stalled connection still handshaking after %g s "
+                           "(%s)", key, STALL_GRACE, why)
+
+    @property
+    def _pending_handshakes(self) -> int:
+        """How many connections are in their handshake now."""
+        return len(self._pending)
+
+    def handshake_finished(self, request=None) -> None:
         """A connection left the handshake phase (its session began, or it ended)."""
-        with self._sessions_lock:
-            self._pending_handshakes -= 1
+        if request is not None:
+            self._pending.finished(request)
+
+    def request_received(self, request) -> None:
+        """The client sent its whole request: it can no longer count as stalled."""
+        self._pending.request_read(request)
+
+    def shutdown_request(self, request) -> None:
+        # Forget it before closing (a no-op when its handler already did).
+        self._pending.finished(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
@@ -157,7 +211,10 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         another instance) instead of waiting in a backlog nobody serves.
         """
         self.stop_accepting()
-        self._stopping.set()
+        with self._sessions_lock:
+            # Under the lock register_session takes: a connection still
+            # handshaking now can never become a session after this.
+            self._stopping.set()
         self.close_sessions(1001, "server shutting down")
 
     def target_ssl_context(self) -> ssl.SSLContext:
@@ -218,6 +275,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 if proxied != client_address:
                     peer = "%s (via %s)" % (format_address(proxied), peer)
                     client_address = proxied
+                    self._pending.move(sock, proxied)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             first = sock.recv(1, socket.MSG_PEEK)
             if not first:
@@ -335,28 +393,53 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     # -- sessions -------------------------------------------------------------------
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, address=None):
         """Reserve a place for a new session, or refuse it with 503.
 
         With ``max_connections``, at most that many sessions (counting those
-        still connecting to their target) exist at once; the handler gives
-        the place back with :meth:`release_capacity` when it is done.
+        still connecting to their target) exist at once; with
+        ``max_connections_per_ip``, at most that many from ``address`` (the
+        client's, after the PROXY protocol or a trusted forwarding header).
+        Once :meth:`shutdown` began, none.  Returns what the handler gives
+        back with :meth:`release_capacity` when it is done.
         """
         limit = self.settings.max_connections
         with self._sessions_lock:
+            if self._stopping.is_set():
+                raise HandshakeError(503, "server shutting down")
             if limit and self._reserved >= limit:
                 raise HandshakeError(503, "too many sessions (--max-connections %d)" % limit)
+            key = None
+            if address is not None:
+                key = self._per_address.reserve(address)
+                if key is None:
+                    self._refuse_per_address(address)
             self._reserved += 1
+        return key
 
-    def release_capacity(self) -> None:
-        """Give back the place taken by :meth:`check_capacity`."""
+    def _refuse_per_address(self, address) -> None:
+        limit = self.settings.max_connections_per_ip
+        if self._per_address_logged.ready():
+            logger.warning("%s: %d sessions open from this address; refusing more with 503 "
+                           "(--max-connections-per-ip)", format_address(address), limit)
+        refusal = HandshakeError(503, "too many sessions from this address "
+                                      "(--max-connections-per-ip %d)" % limit)
+        refusal.logged = True  # the line above, throttled, is the operator's
+        raise refusal
+
+    def release_capacity(self, key=None) -> None:
+        """Give back the place taken by :meth:`check_capacity` (``key``: what it returned)."""
         with self._sessions_lock:
             self._reserved -= 1
+        if key is not None:
+            self._per_address.release(key)
 
-    def register_session(self, handler: ProxyRequestHandler) -> None:
-        """A session started relaying (called by the handler)."""
+    def register_session(self, handler: ProxyRequestHandler) -> bool:
+        """A session started relaying (called by the handler); False once shutdown began."""
         key = str(handler.session.target)
         with self._sessions_lock:
+            if self._stopping.is_set():
+                return False
             self._sessions.add(handler)
             self._totals["sessions"] += 1
             entry = self._by_target.setdefault(key, {"sessions": 0, "open": 0,
@@ -366,6 +449,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         settings = self.settings
         if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
             self._start_housekeeper()
+        return True
 
     def unregister_session(self, handler: ProxyRequestHandler) -> None:
         """A session ended: fold its byte counts into the totals."""
@@ -415,7 +499,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def _housekeep(self) -> None:
         """Close idle sessions (``--session-timeout``) and ping clients (``--heartbeat``).
 
-        A client that answered none of the last ``HEARTBEAT_MISSES`` pings
+        One thread serves every session, so nothing here may wait on one
+        client: pings are sent only as far as the socket takes them at once
+        (:meth:`Relay.try_ping`), closes only queue the close frame.  A client that answered none of the last ``HEARTBEAT_MISSES`` pings
         (no byte from it for that many intervals) is closed with 1011, as the
         ``websockets`` library does for a keepalive timeout.
         """
@@ -435,9 +521,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 if relay is None or relay.closing:
                     continue
                 if idle_limit and now - relay.last_activity >= idle_limit:
-                    relay.close_in_background(1000, "idle timeout (%g s)" % idle_limit)
+                    relay.close(1000, "idle timeout (%g s)" % idle_limit)
                 elif beat and now - relay.last_client_activity >= beat * HEARTBEAT_MISSES:
-                    relay.close_in_background(1011, "no answer to %d heartbeat pings" % HEARTBEAT_MISSES)
+                    relay.close(1011, "no answer to %d heartbeat pings" % HEARTBEAT_MISSES)
                 elif ping_now:
                     relay.try_ping()
 
@@ -447,15 +533,33 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return len(self._sessions)
 
     def close_sessions(self, code: int = 1001, reason: str = "",
-                       grace: float = SHUTDOWN_GRACE) -> None:
-        """Close every open session with ``code`` and wait up to ``grace`` seconds."""
+                       grace: Optional[float] = None) -> None:
+        """Close every open session with ``code``, all at once; wait for them to end.
+
+        Each close only queues the close frame and never waits, and a
+        session whose client does not answer within the relay's close
+        timeout is aborted, so this returns within ``grace`` (default
+        ``SHUTDOWN_GRACE``) seconds plus a little whatever the clients do.
+        """
+        if grace is None:
+            grace = SHUTDOWN_GRACE
         with self._sessions_lock:
             handlers = list(self._sessions)
         for handler in handlers:
             handler.close_session(code, reason)
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + grace + _SHUTDOWN_SLACK
         while self._sessions and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def _open_file_limit() -> str:
+    """The soft open-file limit, as text for a log line."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return "unknown"
+    return "unlimited" if soft == getattr(resource, "RLIM_INFINITY", -1) else str(soft)
 
 
 def _discard(sock: socket.socket, count: int) -> None:

@@ -13,6 +13,8 @@ from typing import List, Optional
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: A peer that has accepted no byte for this long is gone (``--write-timeout``).
+DEFAULT_WRITE_TIMEOUT = 300.0
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,8 @@ class Settings:
     session_timeout: float = 0.0
     heartbeat: float = 0.0
     max_connections: int = 0
+    max_connections_per_ip: int = 0
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
