@@ -22,12 +22,13 @@ the address simply goes over its share, up to the whole bound).
 
 import collections
 import ipaddress
+import select
 import socket
 import threading
 import time
 from typing import Callable, Dict, Optional
 
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_POLLIN = getattr(select, "POLLIN", None)
 
 
 def address_key(address) -> str:
@@ -155,14 +156,18 @@ class PendingHandshakes:
 
 
 def _has_unread_bytes(sock: socket.socket) -> bool:
-    """True when the client's bytes wait in the socket, unread by its thread."""
-    if not _DONTWAIT:
+    """True when the client's bytes (or its EOF) wait in the socket, unread by its thread.
+
+    ``poll`` with no wait, not a peeking ``recv``: the socket has a Python
+    timeout set by its thread, and ``recv`` would wait that long first.
+    """
+    if _POLLIN is None:
         return False
+    poller = select.poll()
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK | _DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
+        poller.register(sock, _POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
         return True  # a broken socket ends by itself; leave it to its thread
 
 
