@@ -52,7 +52,7 @@ def test_a_client_that_reads_nothing_ends_its_session(proxy, flood_target, wspro
     wait_until(lambda: running.server.open_sessions == 0, 5, "the stalled session to end")
     assert time.monotonic() - started < STALL + 1.0 + 1.5
     line = wsproxy_log.wait_for(lambda text: "closed:" in text, what="the close line")
-    assert "client write failed: the peer accepted no byte for 0.5 s (--write-timeout)" in line
+    assert "close 1006" in line and "the peer accepted no byte for 0.5 s (--write-timeout)" in line
     wait_until(lambda: flood_target.connections and _closed(flood_target.connections[0]), 5,
                "the target connection to be closed")
 
@@ -67,7 +67,7 @@ def test_a_tls_client_that_reads_nothing_ends_its_session(proxy, flood_target, w
     client.handshake(protocols=["binary"])
     wait_until(lambda: running.server.open_sessions == 1, 5, "the session to open")
     wait_until(lambda: running.server.open_sessions == 0, 5, "the stalled session to end")
-    assert wsproxy_log.find("client write failed: the peer accepted no byte for 0.5 s")
+    assert wsproxy_log.find("close 1006", "the peer accepted no byte for 0.5 s")
 
 
 def test_a_slow_reader_is_never_cut(proxy, flood_target):
@@ -107,7 +107,8 @@ def test_a_target_that_reads_nothing_ends_its_session(proxy, wsproxy_log):
         sender = threading.Thread(target=flood, daemon=True, name="test-client-flood")
         sender.start()
         wait_until(lambda: running.server.open_sessions == 0, 5, "the stalled session to end")
-        assert wsproxy_log.find("target write failed: the peer accepted no byte for 0.5 s")
+        line = wsproxy_log.wait_for(lambda text: "closed:" in text, what="the close line")
+        assert "close 1011" in line and "the peer accepted no byte for 0.5 s" in line
         sender.join(5)
     finally:
         listener.close()

@@ -442,6 +442,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         if register is not None and register(self) is False:
             # shutdown() began after the 101: this session must never run.
             logger.info("%sclosed at once: the server is shutting down", self.log_prefix)
+            if self.recorder is not None:
+                self.recorder.close()
             connection.send_close(1001, "server shutting down")
             self._send_raw(b"".join(connection.data_to_send()))
             return

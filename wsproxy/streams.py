@@ -125,6 +125,9 @@ class SocketStream:
         self.write_timeout: Optional[float] = None
         #: What :meth:`send_nowait` could not send yet; the next write sends it first.
         self._backlog: List[memoryview] = []
+        #: The write timeout that aborted the stream: reads raise it too, so the
+        #: other direction reports why the stream ended, not a mere EOF.
+        self._broken: Optional[WriteTimeout] = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -134,7 +137,10 @@ class SocketStream:
 
     def recv_into(self, buffer) -> int:
         """Read into ``buffer``; 0 means the peer closed its side."""
-        return self.sock.recv_into(buffer)
+        count = self.sock.recv_into(buffer)
+        if not count and self._broken is not None:
+            raise self._broken
+        return count
 
     def sendall(self, buffers: Sequence) -> None:
         """Write every byte of the buffers, in order.
@@ -152,7 +158,8 @@ class SocketStream:
         if timeout and _DONTWAIT and _POLLOUT and self.sock.gettimeout() is None:
             try:
                 send_before(self.sock, buffers, timeout)
-            except WriteTimeout:
+            except WriteTimeout as exc:
+                self._broken = exc
                 self.abort()
                 raise
         else:
@@ -355,9 +362,11 @@ class TLSStream(SocketStream):
                 raise failure
             # A read may have produced records to send (a KeyUpdate answer).
             self._send_queued(wait=False)
-            if count >= 0:
+            if count > 0:
                 return count
-            if self._eof:
+            if count == 0 or self._eof:
+                if self._broken is not None:
+                    raise self._broken
                 return 0
             data = self.sock.recv(_RAW_READ)
             with self._tls_lock:
