@@ -20,6 +20,7 @@ import io
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from typing import Deque, List, Optional, Sequence
@@ -34,6 +35,22 @@ _RAW_READ = 256 * 1024
 _ALERT_SEND_TIMEOUT = 1.0
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _POLLOUT = getattr(select, "POLLOUT", 0)
+try:  # Linux: SIOCOUTQ (== TIOCOUTQ), the bytes the peer has not yet taken
+    import fcntl
+    import termios
+    _OUTQ: Optional[int] = termios.TIOCOUTQ
+except (ImportError, AttributeError):
+    _OUTQ = None
+
+
+def _unsent(sock: socket.socket) -> Optional[int]:
+    """Bytes in ``sock``'s send queue not yet taken by the peer, or None where unknown."""
+    if _OUTQ is None:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
 
 
 class WriteTimeout(socket.timeout):
@@ -71,9 +88,13 @@ def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
 
     The socket stays in blocking mode (its reader may be blocked in it);
     each send is made non-blocking with ``MSG_DONTWAIT`` and, when the
-    socket buffer is full, ``poll`` waits for room.  Every byte accepted
-    starts the ``timeout`` again, so a slow reader is never cut, only one
-    that takes nothing.  Raises :class:`WriteTimeout` (the caller aborts).
+    socket buffer is full, ``poll`` waits for room.  Every byte the peer
+    takes starts the ``timeout`` again, so a slow reader is never cut, only
+    one that takes nothing.  The kernel signals room only once a good part
+    of the buffer is free, which a slow reader may take long to free: so
+    the send queue is also checked every quarter of the timeout (Linux
+    ``SIOCOUTQ``), and any byte gone from it counts as progress.  Raises
+    :class:`WriteTimeout` (the caller aborts).
     """
     total = 0
     for buf in buffers:
@@ -85,6 +106,7 @@ def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
     first = 0
     poller = None
     deadline = time.monotonic() + timeout
+    queued: Optional[int] = None
     while first < len(pending):
         try:
             if first == len(pending) - 1:
@@ -95,6 +117,7 @@ def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
             sent = 0
         if sent:
             deadline = time.monotonic() + timeout
+            queued = None
             while first < len(pending) and sent >= len(pending[first]):
                 sent -= len(pending[first])
                 first += 1
@@ -104,10 +127,17 @@ def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
         if poller is None:
             poller = select.poll()
             poller.register(sock, _POLLOUT)
+        if queued is None:
+            queued = _unsent(sock)
         left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            if time.monotonic() >= deadline:
-                raise WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
+        if left > 0 and poller.poll(min(left, timeout / 4) * 1000):
+            continue
+        now_queued = _unsent(sock)
+        if now_queued is not None and queued is not None and now_queued < queued:
+            deadline = time.monotonic() + timeout  # the peer took bytes: room will come
+        queued = now_queued
+        if time.monotonic() >= deadline:
+            raise WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
 
 
 class SocketStream:
