@@ -6,6 +6,7 @@ address than 127.0.0.1, on real sockets.
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -46,7 +47,6 @@ def small_bounds(monkeypatch):
 
 
 def pending_older_than(server, seconds: float) -> bool:
-    import time
     now = time.monotonic()
     return all(now - record.started >= seconds for record in server._pending._records.values())
 
@@ -87,6 +87,7 @@ def test_a_burst_of_prompt_clients_from_one_address_is_never_refused(proxy, monk
     monkeypatch.setattr(server_module, "STALL_GRACE", 0.2)
     running = proxy(handshake_timeout=30)
     silent = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(3)]
+    wait_until(lambda: running.server._pending_handshakes == 3, 5, "three pending handshakes")
     wait_until(lambda: pending_older_than(running.server, 0.2), 5, "them to count as stalled")
     failures = []
     clients = []
