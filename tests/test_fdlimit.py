@@ -46,8 +46,9 @@ def test_at_the_open_file_limit_accept_backs_off_logs_once_and_recovers(echo_tar
     flood = []
     try:
         wait_until(lambda: port_listens(port), 15, "wsproxy to listen")
-        text = output.read_text()
-        assert "open-file limit raised from %d to %d" % (SOFT, HARD) in text, text
+        raised = "open-file limit raised from %d to %d" % (SOFT, HARD)
+        wait_until(lambda: raised in output.read_text(), 10,
+                   lambda: "%r in the output: %s" % (raised, output.read_text()))
         for _ in range(FLOOD):
             flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         wait_until(lambda: "cannot accept connections" in output.read_text(), 10,
