@@ -197,21 +197,3 @@ class AddressCounter:
                 self._counts[key] = count
             else:
                 self._counts.pop(key, None)
-
-
-class Throttle:
-    """At most one event per ``interval`` seconds (for log lines that can repeat)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last = -interval
-        self._lock = threading.Lock()
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last < self.interval:
-                return False
-            self._last = now
-        return True
-
