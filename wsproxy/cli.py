@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, fdlimit, redact, service, workers
+from . import __version__, config, daemon, redact, service, workers
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -493,7 +493,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
-    fdlimit.raise_open_file_limit()  # before --workers fork: they inherit it
+    service.raise_open_file_limit()  # before --workers fork: they inherit it
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)
