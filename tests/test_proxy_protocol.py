@@ -103,9 +103,10 @@ VALID = {
     "v2-unix": (V2_UNIX, ProxyHeader(
         2, Command.PROXY, Family.UNIX, Transport.STREAM, "/run/client.sock", "/run/wsproxy.sock",
         232)),
-    "v2-tlvs-skipped": (V2_WITH_TLVS, ProxyHeader(
+    "v2-tlvs": (V2_WITH_TLVS, ProxyHeader(
         2, Command.PROXY, Family.INET, Transport.STREAM, ("198.51.100.7", 50000),
-        ("192.0.2.1", 443), 28 + 11 + 14 + 8)),
+        ("192.0.2.1", 443), 28 + 11 + 14 + 8,
+        ((0x01, b"http/1.1"), (0x02, b"example.org"), (0x04, b"\0" * 5)))),
     "v2-local": (V2_LOCAL, ProxyHeader(
         2, Command.LOCAL, Family.UNSPEC, Transport.UNSPEC, None, None, 16)),
     # §2.2: "Receivers MUST always consider this field to skip the appropriate
