@@ -69,5 +69,4 @@ def _ssl_tlv(tls: ssl.SSLObject) -> TLV:
     common_name = next((value for rdn in certificate.get("subject", ()) for key, value in rdn
                         if key == "commonName"), None)
     return ssl_tlv(version=tls.version(), cipher=cipher[0] if cipher else None,
-                   common_name=common_name, client_certificate=bool(certificate),
-                   verified=bool(certificate))
+                   common_name=common_name, client_certificate=bool(certificate))

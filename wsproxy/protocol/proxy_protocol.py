@@ -488,13 +488,15 @@ def ssl_tlv(version: Optional[str] = None, cipher: Optional[str] = None,
     ``version`` (``"TLSv1.3"``), ``cipher`` (OpenSSL's name) and
     ``common_name`` (of the client certificate) become sub-TLVs when given;
     ``client_certificate`` says the client presented one on this
-    connection, ``verified`` that it was verified (the ``verify`` field is
-    0 then, as §2.2.6 asks, else non-zero).
+    connection and ``verified`` that it passed verification.  §2.2.6: the
+    ``verify`` field "will be zero if the client presented a certificate
+    and it was successfully verified, and non-zero otherwise".
     """
     client = SSLClient.SSL | (SSLClient.CERT_CONN if client_certificate else 0)
     subs = [(SSLSubtype.VERSION, version), (SSLSubtype.CIPHER, cipher),
             (SSLSubtype.CN, common_name)]
-    value = struct.pack("!BI", int(client), 0 if verified else 1) + encode_tlvs(
+    verify = 0 if client_certificate and verified else 1
+    value = struct.pack("!BI", int(client), verify) + encode_tlvs(
         (kind, text.encode("utf-8")) for kind, text in subs if text)
     return TLVType.SSL, value
 
