@@ -471,7 +471,8 @@ def _lenient_tlvs(data: bytes) -> Tuple[TLV, ...]:
 
 
 def encode_tlvs(tlvs: Iterable[TLV]) -> bytes:
-    """Join ``(type, value)`` pairs into TLV vectors; ValueError for a type or value out of range."""
+    """Join ``(type, value)`` pairs into TLV vectors; ValueError for a type or value that does
+    not fit."""
     out = bytearray()
     for kind, value in tlvs:
         if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
