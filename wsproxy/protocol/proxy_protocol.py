@@ -471,8 +471,10 @@ def _lenient_tlvs(data: bytes) -> Tuple[TLV, ...]:
 
 
 def encode_tlvs(tlvs: Iterable[TLV]) -> bytes:
-    """Join ``(type, value)`` pairs into TLV vectors; ValueError for a type or value that does
-    not fit."""
+    """Join ``(type, value)`` pairs into TLV vectors.
+
+    Raises ValueError for a type or a value that does not fit a TLV.
+    """
     out = bytearray()
     for kind, value in tlvs:
         if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
@@ -524,8 +526,8 @@ def build_header(version: int, source: Optional[Address], destination: Optional[
             return b"PROXY UNKNOWN\r\n"
         family, (source_ip, source_port), (destination_ip, destination_port) = pair
         return ("PROXY %s %s %s %d %d\r\n" % (
-            "TCP4" if family is Family.INET else "TCP6", source_ip, destination_ip,
-            source_port, destination_port)).encode("ascii")
+            "TCP4" if family is Family.INET else "TCP6", _v1_text(source_ip),
+            _v1_text(destination_ip), source_port, destination_port)).encode("ascii")
     if version != 2:
         raise ValueError("PROXY protocol version %r (expected 1 or 2)" % (version,))
     if pair is None:
@@ -541,6 +543,17 @@ def build_header(version: int, source: Optional[Address], destination: Optional[
         raise ValueError("version 2 header of %d bytes is too long" % len(block))
     return (V2_SIGNATURE + bytes([0x20 | command.value, family_transport])
             + struct.pack("!H", len(block)) + block)
+
+
+def _v1_text(ip) -> str:
+    """An address as version 1 writes it: RFC 5952 text, an IPv4-mapped one as ``::ffff:a.b.c.d``.
+
+    RFC 5952 §5 recommends the dotted form for mapped addresses; Python
+    writes it only from 3.13 on, so it is spelled out here for every version.
+    """
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return "::ffff:%s" % ip.ipv4_mapped
+    return str(ip)
 
 
 def _inet_pair(source: Optional[Address], destination: Optional[Address]):
