@@ -146,27 +146,43 @@ def test_forwarded_address_from_an_untrusted_peer_is_not_believed(proxy, sink):
     assert received_header(target).source == ("127.0.0.1", client_port)
 
 
-def test_wss_client_is_described_in_the_ssl_tlv(proxy, sink, files):
-    target = sink
-    running = proxy(target=target, target_proxy_protocol="v2", cert=files.cert, key=files.key)
-    context = ssl.create_default_context(cafile=files.ca)
-    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw:
+def wss_upgrade(port: int, context: ssl.SSLContext, target):
+    """A wss:// handshake; returns the TLS version used and the header the target got."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as sock:
-            tls_version = sock.version()
-            sock.sendall(build_request(host="localhost:%d" % running.port,
-                                       protocols=["binary"])[0])
+            sock.sendall(build_request(host="localhost:%d" % port, protocols=["binary"])[0])
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = sock.recv(4096)
                 assert chunk, "closed before the 101: %r" % head
                 head += chunk
             assert head.startswith(b"HTTP/1.1 101 ")
-            header = received_header(target)
+            return sock.version(), received_header(target)
+
+
+@pytest.mark.parametrize("client_certificate", [False, True])
+def test_wss_client_is_described_in_the_ssl_tlv(proxy, sink, files, client_certificate):
+    target = sink
+    fields = dict(verify_client=True, cafile=files.ca) if client_certificate else {}
+    running = proxy(target=target, target_proxy_protocol="v2", cert=files.cert, key=files.key,
+                    **fields)
+    context = ssl.create_default_context(cafile=files.ca)
+    if client_certificate:
+        context.load_cert_chain(files.cert, files.key)  # CN=localhost, clientAuth allowed
+    tls_version, header = wss_upgrade(running.port, context, target)
     assert header.tlv(TLVType.AUTHORITY) == b"localhost"
     ssl_value = header.tlv(TLVType.SSL)
-    assert ssl_value[0] == 0x01 and ssl_value[1:5] != b"\0\0\0\0", \
-        "TLS without a client certificate: not verified (§2.2.6)"
-    assert (0x21, tls_version.encode()) in parse_tlvs(ssl_value[5:])
+    subs = parse_tlvs(ssl_value[5:])
+    assert (0x21, tls_version.encode()) in subs
+    assert any(kind == 0x23 and value for kind, value in subs), "the cipher's name"
+    if client_certificate:
+        # §2.2.6: PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, verify 0, the CN.
+        assert ssl_value[:5] == b"\x03\0\0\0\0"
+        assert (0x22, b"localhost") in subs
+    else:
+        assert ssl_value[0] == 0x01 and ssl_value[1:5] != b"\0\0\0\0", \
+            "TLS without a client certificate: not verified (§2.2.6)"
+        assert not any(kind == 0x22 for kind, _ in subs)
 
 
 def test_unix_socket_client_is_unknown_to_v1_and_local_to_v2(sink, wsproxy_log, tmp_path):
@@ -242,6 +258,16 @@ def test_config_file_and_print_config_round_trip(tmp_path):
     values = read_config_file(str(path))
     assert values["target_proxy_protocol"] == "v2"
     assert "target-proxy-protocol = v2" in format_config(Settings(target_proxy_protocol="v2"))
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("example.org", b"example.org"), ("example.org:8443", b"example.org"),
+    ("[::1]:8080", b"::1"), ("[2001:db8::1]", b"2001:db8::1"), ("", None), (None, None),
+    ("x" * 256, None), ("b\u00fccher.example", "b\u00fccher.example".encode("utf-8")),
+])
+def test_authority_is_the_host_headers_host_name(host, expected):
+    from wsproxy.target_proxy import host_name
+    assert host_name(host) == expected
 
 
 # -- nginx: a real reader of the header ------------------------------------------------
