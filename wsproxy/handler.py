@@ -19,7 +19,7 @@ import ssl
 import time
 from typing import Callable, List, Optional, Tuple, Union
 
-from . import auth, observe, tokens, trust, web
+from . import auth, observe, target_proxy, tokens, trust, web
 from .logs import escape
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
@@ -84,8 +84,12 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.stream = prepared[0] if prepared else None
         #: The balancer's address when a PROXY protocol header named the client.
         self.proxy_address = None
+        #: The address the client reached, when the balancer's header named it.
+        self.local_address = None
         if prepared:
             self.initial_data = prepared[1]
+            if len(prepared) > 3:
+                self.local_address = prepared[3]
             if len(prepared) > 2 and prepared[2] != self.client_address:
                 # --proxy-protocol: the header named the real client; it is
                 # the client for logs, access decisions and forwarded headers.
@@ -429,6 +433,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         """Connect to the chosen target; a failure refuses the handshake with 502."""
         if isinstance(choice, socket.socket):
             _nodelay(choice)
+            if self.settings.target_proxy_protocol:
+                self._send_proxy_header(choice, "socket %s" % format_address(_peer(choice)))
             choice.settimeout(None)  # the relay blocks; an idle session is not an error
             return SocketStream(choice), "socket %s" % format_address(_peer(choice))
         target = choice
@@ -449,11 +455,45 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self._warn("target-unreachable", "%scannot reach target %s: %s", self.log_prefix,
                        target, exc.strerror or exc)
             raise HandshakeError(502, "target unreachable") from None
+        if self.settings.target_proxy_protocol:
+            # Before TLS, as HAProxy's send-proxy does: the target reads
+            # the header in clear, then the handshake.
+            self._send_proxy_header(sock, target)
         stream = SocketStream(sock)
         if target.tls:
             stream = self._wrap_target_tls(sock, target)
         sock.settimeout(None)
         return stream, target
+
+    def _send_proxy_header(self, sock: socket.socket, target) -> None:
+        """``--target-proxy-protocol``: name the client to the target before any payload.
+
+        The client is :attr:`remote_address` (the balancer's PROXY header,
+        a trusted forwarded address, or the peer); the destination is the
+        one the balancer's header named, else the address the client
+        reached.  A failure closes ``sock`` and refuses with 502.
+        """
+        destination = self.local_address
+        if destination is None:
+            try:
+                destination = self.request.getsockname()
+            except OSError:
+                destination = None
+        request = self.http_request
+        tls = self.stream.tls_object if isinstance(self.stream, TLSStream) else None
+        header = target_proxy.header_for(
+            self.settings.target_proxy_protocol, self.remote_address, destination, self.number,
+            request.headers.get("host") if request is not None else None, tls)
+        try:
+            sock.settimeout(self.settings.handshake_timeout)
+            sock.sendall(header)
+        except OSError as exc:
+            sock.close()
+            self._warn("target-unreachable", "%scannot send the PROXY header to target %s: %s",
+                       self.log_prefix, target, exc.strerror or exc)
+            raise HandshakeError(502, "target unreachable") from None
+        logger.debug("%sPROXY %s header to target %s: %d bytes", self.log_prefix,
+                     self.settings.target_proxy_protocol, target, len(header))
 
     def _wrap_target_tls(self, sock: socket.socket, target: Target) -> SocketStream:
         make_context = getattr(self.server, "target_ssl_context", None)

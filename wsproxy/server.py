@@ -86,6 +86,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 and self.address_family != socket.AF_UNIX):
             raise ConfigError("proxy-protocol: needs --trusted-proxy, the addresses of the "
                               "balancers allowed to send the PROXY header")
+        if self.settings.target_proxy_protocol not in (None, "v1", "v2"):
+            raise ConfigError("target-proxy-protocol: expected v1 or v2, got %r"
+                              % (self.settings.target_proxy_protocol,))
         self.token_table = (open_token_source(self.settings.token_source)
                             if self.settings.token_source else None)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
@@ -280,20 +283,23 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
         Runs in the connection's own thread, before ``deadline`` (a
         ``time.monotonic()`` value; default ``handshake_timeout`` from now).
-        Returns the client stream, any bytes already consumed and the
+        Returns the client stream, any bytes already consumed, the
         client's address (``client_address``, or with ``--proxy-protocol``
-        the one the balancer's header names), or None when the connection
-        is finished here.
+        the one the balancer's header names) and the address the client
+        reached when that header named it (else None), or None when the
+        connection is finished here.
         """
         settings = self.settings
         if deadline is None:
             deadline = time.monotonic() + settings.handshake_timeout
         peer = format_address(client_address)
         try:
+            local_address = None  # the address the client reached, when a balancer names it
             if settings.proxy_protocol:
                 proxied = self._read_proxy_header(sock, client_address, deadline)
                 if proxied is None:
                     return None
+                proxied, local_address = proxied
                 if proxied != client_address:
                     peer = "%s (via %s)" % (format_address(proxied), peer)
                     client_address = proxied
@@ -305,7 +311,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             kind = sniff.classify(first)
             if kind is sniff.ConnectionKind.TLS:
                 started = self._start_tls(sock, peer, deadline)
-                return started + (client_address,) if started else None
+                return started + (client_address, local_address) if started else None
             consumed = b""
             if first == b"<":
                 consumed, kind = self._read_policy_request(sock, deadline)
@@ -320,7 +326,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            return SocketStream(sock), consumed, client_address
+            return SocketStream(sock), consumed, client_address, local_address
         except socket.timeout:
             logger.info("%s: no request before the handshake timeout", peer)
         except (OSError, ssl.SSLError) as exc:
@@ -335,6 +341,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         the header's bytes are read, so the TLS/Flash/HTTP sniff that
         follows sees the client's own first byte.  A LOCAL header (a
         balancer's health check) or UNKNOWN keeps ``client_address``.
+        With the client's address comes the one it reached (the header's
+        destination; None when the header named no client).
         Returns None, after one log line, when the connection must close:
         an untrusted peer, a missing or malformed header, or none before
         ``deadline``.
@@ -372,7 +380,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                         "timeout; closed", peer)
             return None
         real = reader.header.client_address
-        return real if real is not None else client_address
+        if real is None:
+            return client_address, None
+        return real, reader.header.destination
 
     def _read_policy_request(self, sock: socket.socket, deadline: float):
         """Consume bytes while they may still be a Flash policy request."""

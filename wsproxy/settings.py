@@ -46,6 +46,8 @@ class Settings:
     target_insecure: bool = False
     token_source: Optional[str] = None
     host_token: bool = False
+    #: ``"v1"`` or ``"v2"``: send the target a PROXY protocol header naming the client.
+    target_proxy_protocol: Optional[str] = None
 
     # -- TLS -------------------------------------------------------------------
     cert: Optional[str] = None
