@@ -498,6 +498,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
+    service.raise_open_file_limit()  # before --workers fork: they inherit it
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)

@@ -159,6 +159,19 @@ def _read_tls_version(text: str, base_dir: str) -> str:
     return text.lower()
 
 
+#: ``--target-proxy-protocol`` values: the PROXY protocol version sent to the target.
+TARGET_PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+
+
+def _read_proxy_protocol_version(text: str, base_dir: str) -> str:
+    word = text.lower()
+    if word in ("1", "2"):
+        word = "v" + word
+    if word not in TARGET_PROXY_PROTOCOL_VERSIONS:
+        raise ValueError("expected v1 or v2, got %r" % text)
+    return word
+
+
 def read_bool(text: str) -> bool:
     """``yes``/``no``, ``true``/``false``, ``on``/``off``, ``1``/``0`` (any case)."""
     word = text.strip().lower()
@@ -287,6 +300,7 @@ KINDS: Dict[str, Kind] = {
     "window-bits": Kind(lambda text, base_dir: _integer_range(text, 9, 15, "window bits 9-15"), str),
     "http-path": Kind(_read_http_path, _format_text),
     "tls-version": Kind(_read_tls_version, _format_text),
+    "proxy-protocol-version": Kind(_read_proxy_protocol_version, _format_text),
     "bool": Kind(lambda text, base_dir: read_bool(text), _format_bool),
     "count": Kind(lambda text, base_dir: _integer(text, 0, "a whole number (0 = no limit)"), str),
     "size": Kind(lambda text, base_dir: _integer(text, 1, "a number of bytes (1 or more)"), str),
@@ -325,6 +339,9 @@ OPTIONS: Tuple[Option, ...] = (
            "CA bundle that verifies a TLS target (default: the system's)", _T),
     Option(("--target-insecure",), "target_insecure", "bool", None,
            "do not verify a TLS target's certificate (unsafe; logged as a warning)", _T),
+    Option(("--target-proxy-protocol",), "target_proxy_protocol", "proxy-protocol-version",
+           "VERSION", "send the target a PROXY protocol header (v1 or v2) naming the client "
+           "first (before TLS with --ssl-target)", _T),
     # Tokens
     Option(("--token-source", "--target-config"), "token_source", "token-source", "SOURCE",
            "choose the target by ?token=NAME from 'NAME: host:port' lines in a FILE, "
@@ -391,6 +408,11 @@ OPTIONS: Tuple[Option, ...] = (
            "ping each client every S seconds; close it when it stops answering (0 = off)", _M),
     Option(("--max-connections",), "max_connections", "count", "N",
            "open sessions allowed; more get 503 (0 = no limit)", _M),
+    Option(("--max-connections-per-ip",), "max_connections_per_ip", "count", "N",
+           "open sessions allowed per client address; more get 503 (0 = no limit)", _M),
+    Option(("--write-timeout",), "write_timeout", "seconds", "S",
+           "end a session whose client or target has accepted no byte for S seconds "
+           "(0 = never)", _M),
     Option(("--max-header-size",), "max_header_size", "size", "BYTES",
            "largest request header block", _M),
     Option(("--max-message-size",), "max_message_size", "size", "BYTES",
