@@ -237,3 +237,20 @@ def test_client_that_stops_reading_is_aborted(proxy, make_target, wsproxy_log, m
                                     what="the stalled session to end")
         assert "idle timeout" in line, line
         assert spliced_bytes(wsproxy_log) > 0
+
+
+def test_write_timeout_ends_a_session_blocked_splicing(proxy, make_target, wsproxy_log, monkeypatch):
+    """A splice into a full client socket cannot block past --write-timeout."""
+    import wsproxy.relay
+    monkeypatch.setattr(wsproxy.relay, "CLOSE_TIMEOUT", 0.5)
+    target = make_target(echo=False, send_on_connect=os.urandom(64 * MIB), close_after_send=True)
+    running = proxy(target=target, write_timeout=0.5)
+    with running.session(protocols=["binary"]) as ws:
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ws.recv_data_message()
+        wsproxy_log.wait_for(lambda line: SPLICE_ON in line)
+        # From now on the client reads nothing; no heartbeat, no idle timeout.
+        line = wsproxy_log.wait_for(lambda text: "bytes to client" in text, timeout=10,
+                                    what="the stalled session to end")
+        assert "close 1006" in line and "no byte for 0.5 s (--write-timeout)" in line, line
+        assert spliced_bytes(wsproxy_log) > 0

@@ -26,11 +26,13 @@ import logging
 import os
 import select
 import socket
+import struct
 import time
 from typing import Callable, Optional
 
 from .protocol.connection import Connection
 from .protocol.frames import CloseCode
+from .streams import WriteTimeout, _unsent
 
 logger = logging.getLogger("wsproxy")
 
@@ -54,7 +56,10 @@ _COPY_BUFFER = 16 * 1024
 _SMALL = 4 * 1024
 
 _MOVE = getattr(os, "SPLICE_F_MOVE", 0)
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+#: getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.6+): nine u32 counters, of
+#: which the send buffer's limit and its queued bytes (include/uapi/linux/sock_diag.h).
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_SK_SNDBUF, _SK_WMEM_QUEUED = 3, 5
 #: Errors meaning "this pair of descriptors cannot be spliced": copy instead.
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
 
@@ -172,9 +177,14 @@ class SplicePump:
                 return False
             try:
                 relay.client.sendall(frames)
-            except OSError:
+            except OSError as exc:
+                self._write_failed(exc)
                 return False
         return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        if isinstance(exc, socket.timeout):  # --write-timeout
+            self.relay._note_end(CloseCode.ABNORMAL, "client write failed: %s" % _describe(exc))
 
     # -- the splice path (bulk) ------------------------------------------------------------
 
@@ -202,22 +212,36 @@ class SplicePump:
             if not frames:
                 return False
             try:
-                # MSG_MORE: the header waits for the payload in one segment.
-                _send_more(client.sock, frames[0] if len(frames) == 1 else b"".join(frames))
+                # Through the stream: a heartbeat's unsent rest goes first,
+                # and the write timeout applies.
+                client.sendall(frames)
                 self._splice_out(count)
-            except OSError:
+            except OSError as exc:
+                self._write_failed(exc)
                 return False
         self.spliced += count
         return True
 
     def _splice_out(self, count: int) -> None:
-        """Drain the pipe's ``count`` bytes into the client socket."""
+        """Drain the pipe's ``count`` bytes into the client socket.
+
+        A blocking splice into a socket cannot be timed out (the kernel
+        ignores SPLICE_F_NONBLOCK on the socket side), so with a write
+        timeout each splice moves only what the socket buffer has room for,
+        and :func:`_wait_for_room` waits for room under the same rule as
+        the stream's own writes: no byte taken for ``write_timeout``
+        seconds aborts the stream and raises ``WriteTimeout``.
+        """
         client = self.relay.client
         destination = client.fileno()
+        timeout = client.write_timeout if client.sock.gettimeout() is None else None
         left = count
         while left:
+            size = left
+            if timeout:
+                size = min(left, _wait_for_room(client, timeout))
             try:
-                left -= os.splice(self._pipe[0], destination, left, flags=_MOVE)
+                left -= os.splice(self._pipe[0], destination, size, flags=_MOVE)
             except BlockingIOError:
                 _wait(destination, select.POLLOUT, client.sock.gettimeout())
             except OSError as exc:
@@ -236,6 +260,13 @@ class SplicePump:
         """Make the session's pipe (once); False when none can be had."""
         if self._pipe is not None:
             return True
+        client = self.relay.client
+        if client.write_timeout:
+            try:  # the write timeout needs the socket's free room
+                _room(client.sock)
+            except OSError as exc:
+                self._give_up("no SO_MEMINFO: %s" % os.strerror(exc.errno))
+                return False
         try:
             self._pipe = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:  # EMFILE/ENFILE: this session copies, others go on
@@ -265,11 +296,49 @@ class SplicePump:
         logger.debug("%sdownstream: copying, %s", self.relay.log_prefix, why)
 
 
-def _send_more(sock: socket.socket, data: bytes) -> None:
-    """Send ``data`` with MSG_MORE (held for the payload that follows)."""
-    view = memoryview(data)
-    while view:
-        view = view[sock.send(view, _MSG_MORE):]
+def _room(sock: socket.socket) -> int:
+    """Bytes one splice may move into ``sock`` without blocking (0: none now).
+
+    ``SO_MEMINFO`` gives the send buffer's limit and what it holds, both in
+    the kernel's accounting (payload plus per-buffer overhead: spliced
+    pages were measured at up to 1.4 times their bytes); a quarter of the
+    free space leaves the margin for that.
+    """
+    info = struct.unpack_from("9I", sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 36))
+    return max(0, info[_SK_SNDBUF] - info[_SK_WMEM_QUEUED]) // 4
+
+
+def _wait_for_room(stream, timeout: float) -> int:
+    """Wait until ``stream``'s socket has room; return how much.
+
+    Room is asked for again every quarter of ``timeout``; the deadline
+    moves whenever the peer took bytes (the send queue shrank), as in
+    :func:`wsproxy.streams.send_before`.  Raises ``WriteTimeout`` after
+    aborting the stream when the peer takes nothing for ``timeout``.
+    """
+    sock = stream.sock
+    room = _room(sock)
+    if room:
+        return room
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    queued = _unsent(sock)
+    while True:
+        left = deadline - time.monotonic()
+        if left > 0:
+            poller.poll(min(left, timeout / 4) * 1000)
+        room = _room(sock)
+        if room:
+            return room
+        now_queued = _unsent(sock)
+        if now_queued is not None and queued is not None and now_queued < queued:
+            deadline = time.monotonic() + timeout  # the peer took bytes: room will come
+        queued = now_queued
+        if time.monotonic() >= deadline:
+            exc = WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
+            stream.break_with(exc)
+            raise exc
 
 
 def _wait(fd: int, event: int, timeout: Optional[float]) -> None:
@@ -288,5 +357,5 @@ def _close_timeout() -> float:
 
 def _describe(exc: OSError) -> str:
     if isinstance(exc, socket.timeout):
-        return "timed out"
+        return str(exc) or "timed out"
     return exc.strerror or exc.__class__.__name__

@@ -195,6 +195,11 @@ class SocketStream:
         else:
             send_buffers(self.sock, buffers)
 
+    def break_with(self, exc: WriteTimeout) -> None:
+        """A write made outside :meth:`sendall` (wsproxy.splice) timed out: abort, as it would."""
+        self._broken = exc
+        self.abort()
+
     @property
     def backlogged(self) -> bool:
         """True while bytes given to :meth:`send_nowait` still wait to be sent."""
