@@ -93,6 +93,7 @@ class SplicePump:
     def __init__(self, relay) -> None:
         self.relay = relay
         self.spliced = 0
+        self.frames = 0
         self._pipe = None  # type: Optional[tuple]
         self._pipe_size = 0
         #: False once the pipe cannot be had or the kernel refuses the splice.
@@ -108,8 +109,8 @@ class SplicePump:
             finally:
                 self._close_pipe()
                 if self.spliced:
-                    logger.debug("%sdownstream: %d of %d bytes spliced", relay.log_prefix,
-                                 self.spliced, relay.bytes_to_client)
+                    logger.debug("%sdownstream: %d of %d bytes spliced, in %d frames",
+                                 relay.log_prefix, self.spliced, relay.bytes_to_client, self.frames)
             if not relay._upstream_done.is_set():
                 relay._send_close(code, reason)
                 relay._note_end(code, reason)
@@ -220,6 +221,7 @@ class SplicePump:
                 self._write_failed(exc)
                 return False
         self.spliced += count
+        self.frames += 1
         return True
 
     def _splice_out(self, count: int) -> None:
