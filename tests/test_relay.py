@@ -189,10 +189,22 @@ def test_base64_chunk_split_across_fragments(proxy, echo_target):
         close_cleanly(ws)
 
 
-def test_base64_chunk_split_across_messages(proxy, echo_target):
+def test_base64_message_that_is_not_whole_is_1007(proxy, echo_target, wsproxy_log):
+    # Each message is base64 on its own: "QQ" is not, and must not be joined
+    # to the next message (before, the target got b"A\x04\x1a" from "QQ" + "QkNE").
     with proxy().session(protocols=["base64"]) as ws:
-        ws.send_text("QU")
-        ws.send_text("JD")
+        ws.send_text("QQ")
+        ws.send_text("QkNE", tolerate_close=True)
+        assert ws.recv_close()[0] == 1007
+        ws.expect_closed()
+    wsproxy_log.wait_for(lambda text: "close 1007" in text and "base64" in text)
+    assert echo_target.wait_connection().received_bytes() == b""
+
+
+def test_base64_group_split_across_fragments(proxy, echo_target):
+    with proxy().session(protocols=["base64"]) as ws:
+        ws.send_text("QU", fin=False)
+        ws.send_continuation("JD")
         assert ws.recv_stream(3, decode_base64=True) == b"ABC"
         close_cleanly(ws)
 
@@ -219,7 +231,8 @@ def test_base64_split_at_random_places(proxy, echo_target):
                 piece = encoded[position:position + step]
                 position += len(piece)
                 last = position >= len(encoded)
-                fin = last or chooser.random() < 0.5
+                # A message ends only where its base64 is whole (each is decoded on its own).
+                fin = last or (position % 4 == 0 and chooser.random() < 0.5)
                 if open_message:
                     ws.send_continuation(piece, fin=fin)
                 else:
