@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from wsproxy.protocol.connection import Connection
+from wsproxy.protocol.connection import MAX_PENDING_PONGS, Connection
 
 MASK = bytes.fromhex("37fa213d")  # RFC 6455 §5.7's example mask
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -198,8 +198,7 @@ MIXED = b"".join([
     client_frame(CLOSE, b"\x03\xe8bye"),
 ])
 MIXED_PAYLOAD = b"Hello" + BIN300 + "Hé€llo".encode() + b"abcd" + b"xyz" + b"\x00" * 7
-# RFC 6455 §5.5.3: two pings not yet answered get one pong, for the most recent.
-MIXED_REPLIES = [(True, PONG, b""), (True, CLOSE, b"\x03\xe8")]
+MIXED_REPLIES = [(True, PONG, b"p"), (True, PONG, b""), (True, CLOSE, b"\x03\xe8")]
 
 
 def check_mixed(pieces) -> None:
@@ -587,7 +586,7 @@ def test_ping_inside_a_fragmented_message():
     for pieces in (whole, bytewise):
         connection = Connection()
         assert feed(connection, pieces(stream)) == b"fragmented"
-        assert replies(connection) == [(True, PONG, b"two")]
+        assert replies(connection) == [(True, PONG, b"one"), (True, PONG, b"two")]
 
 
 def test_ping_payload_is_echoed_exactly():
@@ -605,14 +604,15 @@ def test_pong_is_ignored():
     assert connection.failure is None
 
 
-def test_a_ping_flood_queues_one_pong():
+def test_a_ping_flood_queues_a_bounded_number_of_pongs():
     # §5.5.3: "MAY elect to send a Pong frame for only the most recently
-    # processed Ping frame": the reply queue stays one frame however many
-    # pings arrive while nothing can be written.
+    # processed Ping frame": the reply queue keeps the newest pongs, a
+    # bounded number, however many pings arrive while nothing can be written.
     connection = Connection()
     pings = b"".join(client_frame(PING, b"%d" % index) for index in range(20000))
     assert connection.receive_data(pings) == []
-    assert replies(connection) == [(True, PONG, b"19999")]
+    assert replies(connection) == [(True, PONG, b"%d" % index)
+                                   for index in range(20000 - MAX_PENDING_PONGS, 20000)]
     assert connection.data_to_send() == []
     assert not connection.has_data_to_send
 
@@ -845,7 +845,8 @@ def test_data_to_send_keeps_order_of_pongs_and_close():
     connection = Connection()
     connection.receive_data(client_frame(PING, b"1") + client_frame(PING, b"2")
                             + close_frame(1000))
-    assert replies(connection) == [(True, PONG, b"2"), (True, CLOSE, b"\x03\xe8")]
+    assert replies(connection) == [(True, PONG, b"1"), (True, PONG, b"2"),
+                                   (True, CLOSE, b"\x03\xe8")]
     assert connection.data_to_send() == []
 
 

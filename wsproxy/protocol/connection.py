@@ -22,12 +22,14 @@ inflate to the limit never piles up.  Each piece of target data becomes one
 compressed message, or an uncompressed one when compressing would not make
 it smaller.
 
-Control replies are bounded too: at most one pong (RFC 6455 §5.5.3 lets an
-endpoint answer only the most recent ping), one heartbeat ping and the close
-wait to be sent, whatever the client sends meanwhile.
+Control replies are bounded too: at most :data:`MAX_PENDING_PONGS` pongs (the
+most recent: RFC 6455 §5.5.3 lets an endpoint leave earlier pings
+unanswered), one heartbeat ping and the close wait to be sent, whatever the
+client sends meanwhile.
 """
 
 import codecs
+import collections
 import struct
 import threading
 from typing import List, Optional, Tuple
@@ -49,6 +51,10 @@ _COMPRESSED = 0x40
 
 #: Longest frame header: 2 bytes, 8-byte length, 4-byte mask.
 MAX_HEADER = 14
+
+#: Pongs that may wait to be sent; an older one is dropped for a newer ping.
+#: Enough that a burst of pings read at once (Autobahn 2.10: ten) is answered in full.
+MAX_PENDING_PONGS = 16
 
 #: Inflated payload one receive hands out before it pauses (``input_pending``);
 #: a piece of input may add one message's worth (``max_message_size``) to it.
@@ -96,7 +102,7 @@ class Connection:
         # whichever side writes to the client.  Every check of ``close_sent``
         # and every change of the slots happens under ``_close_lock``, so no
         # frame can be queued behind the close (RFC 6455 §5.5.1).
-        self._pong: Optional[bytes] = None
+        self._pongs: "collections.deque[bytes]" = collections.deque(maxlen=MAX_PENDING_PONGS)
         self._ping: Optional[bytes] = None
         self._close_frame: Optional[bytes] = None
         #: True when :meth:`data_to_send` would return something.
@@ -120,6 +126,7 @@ class Connection:
         # A binary-mode text message: one growing buffer (a list of pieces
         # would cost an object per fragment: ~40 bytes for a 1-byte one).
         self._text: Optional[bytearray] = None
+        self._checked = 0       # bytes of _text that passed the UTF-8 check
         self._utf8 = None
 
     # -- input ----------------------------------------------------------------
@@ -166,8 +173,10 @@ class Connection:
                     # A frame without payload ends with its header.
                     self._on_payload(b"", True, out)
             self._parse(view, out)
+            if self._text is not None and len(self._text) > self._checked:
+                self._check_text(False)
         except ProtocolError as exc:
-            self._fail(exc)
+            self._fail(self._earlier_failure(exc))
         return out
 
     def _complete_header(self, view: memoryview) -> Optional[memoryview]:
@@ -287,6 +296,7 @@ class Connection:
             if opcode == _TEXT and not self._base64:
                 self._utf8 = _Utf8Decoder()
                 self._text = bytearray()
+                self._checked = 0
         else:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
         if self._message == _TEXT and not self._base64:
@@ -305,12 +315,17 @@ class Connection:
         if opcode == _TEXT and not self._base64:
             self._utf8 = _Utf8Decoder()
             self._text = bytearray()
+            self._checked = 0
 
     def _on_payload(self, payload: bytes, frame_done: bool, out: List[bytes]) -> None:
         opcode = self._opcode
         if opcode >= 8:
             self._control += payload
             if frame_done:
+                if self._text is not None and len(self._text) > self._checked:
+                    # Text before this frame is checked first: no pong (or
+                    # close echo) for a frame that follows invalid UTF-8.
+                    self._check_text(False)
                 self._on_control(opcode, bytes(self._control))
             return
         message = self._message
@@ -355,28 +370,48 @@ class Connection:
         self._produced += produced
 
     def _on_text(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
-        """Hold a binary-mode text message until it is whole and valid UTF-8."""
-        try:
-            self._utf8.decode(payload, message_done)
-        except UnicodeDecodeError:
-            # §8.1: invalid UTF-8 in a text message fails the connection (1007).
-            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
+        """Hold a binary-mode text message until it is whole and valid UTF-8.
+
+        The UTF-8 check runs once per receive (see :meth:`_receive`), not
+        per frame, so a message in 1-byte fragments costs one append each;
+        an invalid byte still fails the connection before the message ends.
+        """
         if payload:
             self._text += payload
         if message_done:
+            self._check_text(True)
             if self._text:
                 out.append(self._text)
             self._text = None
             self._utf8 = None
 
+    def _earlier_failure(self, exc: ProtocolError) -> ProtocolError:
+        """``exc``, or the invalid UTF-8 that came before it in the stream (checked late)."""
+        if self._text is not None and len(self._text) > self._checked:
+            try:
+                self._check_text(False)
+            except ProtocolError as earlier:
+                return earlier
+        return exc
+
+    def _check_text(self, final: bool) -> None:
+        """Run the incremental UTF-8 check over the text not checked yet."""
+        text = self._text
+        try:
+            self._utf8.decode(text[self._checked:], final)
+        except UnicodeDecodeError:
+            # §8.1: invalid UTF-8 in a text message fails the connection (1007).
+            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
+        self._checked = len(text)
+
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
             # §5.5.2: answer a ping with a pong carrying the same payload;
-            # §5.5.3: one not yet sent may be replaced by the newest.
+            # §5.5.3: past the bound, the oldest pong not yet sent is dropped.
             pong = encode_frame(_PONG, payload)
             with self._close_lock:
                 if not self.close_sent:
-                    self._pong = pong
+                    self._pongs.append(pong)
                     self.has_data_to_send = True
         elif opcode == _CLOSE:
             code, reason = parse_close_payload(payload)
@@ -402,9 +437,13 @@ class Connection:
         """Under ``_close_lock``: empty the slots; the close, if any, comes last."""
         if not self.has_data_to_send:
             return []
-        replies = [frame for frame in (self._pong, self._ping, self._close_frame)
-                   if frame is not None]
-        self._pong = self._ping = self._close_frame = None
+        replies = list(self._pongs)
+        self._pongs.clear()
+        if self._ping is not None:
+            replies.append(self._ping)
+        if self._close_frame is not None:
+            replies.append(self._close_frame)
+        self._ping = self._close_frame = None
         self.has_data_to_send = False
         return replies
 
