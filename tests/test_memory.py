@@ -29,8 +29,8 @@ from test_noloss import MIB, QUIET, wait_blocked_or_done
 from wsclient import open_session
 
 #: The per-session bounds docs/security.md states (growth of the peak RSS).
-PLAIN_SESSION_BOUND = 8 * MIB
-COMPRESS_SESSION_BOUND = 12 * MIB
+PLAIN_SESSION_BOUND = 6 * MIB
+COMPRESS_SESSION_BOUND = 8 * MIB
 #: The proxy's default --max-message-size.
 MAX_MESSAGE = 1024 * 1024
 
