@@ -193,11 +193,6 @@ class Connection:
     def _parse(self, view: memoryview, out: List[bytes]) -> None:
         pos, end = 0, len(view)
         while not self._input_done:
-            if self._produced >= OUTPUT_STEP:
-                if pos < end:  # pause: the caller sends this much on first
-                    self._held = bytes(view[pos:end])
-                    self.input_pending = True
-                return
             remaining = self._remaining
             if remaining:
                 take = end - pos
@@ -215,6 +210,12 @@ class Connection:
                 self._on_payload(payload, self._remaining == 0, out)
                 continue
             if pos >= end:
+                return
+            if self._produced >= OUTPUT_STEP:
+                # Pause at a frame boundary (a frame's payload in one receive
+                # is one piece): the caller sends this much on first.
+                self._held = bytes(view[pos:end])
+                self.input_pending = True
                 return
             used = self._parse_header(view, pos, end)
             if used == 0:
