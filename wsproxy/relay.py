@@ -209,7 +209,7 @@ class Relay:
             return False
         if connection.has_data_to_send:
             # A pong is waiting behind the downstream pump's write to this
-            # client.  The reply queue is bounded (one pong), but a client
+            # client.  The reply queue is bounded (a few pongs), but a client
             # that cannot be written to must not be read from either: wait
             # for the write, so TCP flow control holds the client back.
             with self._client_lock:

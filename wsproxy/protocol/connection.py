@@ -96,9 +96,9 @@ class Connection:
         self._b64 = b64.Base64Decoder() if self._base64 else None
         self._deflate = (PerMessageDeflate(deflate, compress_level, max_message_size)
                          if deflate is not None else None)
-        # Control frames waiting for the client, one slot each, so the queue
-        # is bounded whatever the client sends.  Set by the reading side (pong,
-        # close), the heartbeat (ping) or the target side (close); taken by
+        # Control frames waiting for the client, bounded whatever the client
+        # sends: the newest pongs, one ping, one close.  Set by the reading
+        # side (pongs, close), the heartbeat (ping) or the target side (close); taken by
         # whichever side writes to the client.  Every check of ``close_sent``
         # and every change of the slots happens under ``_close_lock``, so no
         # frame can be queued behind the close (RFC 6455 §5.5.1).
@@ -373,9 +373,11 @@ class Connection:
     def _on_text(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
         """Hold a binary-mode text message until it is whole and valid UTF-8.
 
-        The UTF-8 check runs once per receive (see :meth:`_receive`), not
-        per frame, so a message in 1-byte fragments costs one append each;
-        an invalid byte still fails the connection before the message ends.
+        The UTF-8 check runs once per receive (see :meth:`_receive`), and
+        before any control frame or other failure that follows the text,
+        not per frame: a message in 1-byte fragments costs one append each,
+        and an invalid byte still fails the connection before the message
+        ends, ahead of anything that came after it.
         """
         if payload:
             self._text += payload
