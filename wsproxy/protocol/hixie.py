@@ -221,7 +221,9 @@ class HixieConnection:
     decoded payloads; ``data_to_send()`` pops queued control bytes (the
     close); ``send_data(payload)`` frames a payload for the client;
     ``send_close(code, reason)`` queues the close; ``send_ping()`` does
-    nothing (the drafts have no ping).
+    nothing (the drafts have no ping); ``receive_more()`` returns nothing
+    and ``input_pending`` stays False (decoding only shrinks the input, so
+    nothing is ever held back).
 
     Attributes: ``close_sent`` (the close is queued or sent),
     ``close_received`` (``(1000, "")`` once the client's ``0xFF 0x00``
