@@ -52,6 +52,10 @@ _COMPRESSED = 0x40
 #: Longest frame header: 2 bytes, 8-byte length, 4-byte mask.
 MAX_HEADER = 14
 
+#: Payload pieces shorter than this are joined into one buffer as they are
+#: decoded: an object per 1-byte frame would cost ~40 bytes per payload byte.
+_SMALL_PIECE = 512
+
 #: Pongs that may wait to be sent; an older one is dropped for a newer ping.
 #: Enough that a burst of pings read at once (Autobahn 2.10: ten) is answered in full.
 MAX_PENDING_PONGS = 16
@@ -332,7 +336,12 @@ class Connection:
         message = self._message
         if message == _BINARY:
             if payload:
-                out.append(payload)
+                if len(payload) >= _SMALL_PIECE:
+                    out.append(payload)
+                elif out and type(out[-1]) is bytearray:
+                    out[-1] += payload  # ours: a run of small frames costs one buffer
+                else:
+                    out.append(bytearray(payload))
         elif message & _COMPRESSED:
             self._on_compressed(payload, frame_done and self._fin, out)
         elif self._base64:
