@@ -22,9 +22,10 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+import socket
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, workers
+from . import __version__, config, daemon, workers, wrap
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -50,6 +51,9 @@ RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
 
 _DEFAULTS = Settings()
 
+#: Options whose value must never reach a log line.
+SECRET_FIELDS = ("key_password",)
+
 #: Files read at start: (field, True = must be a directory, False = a file, None = either).
 INPUT_FILES = (
     ("cert", False), ("key", False), ("cafile", False), ("target_cafile", False),
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsproxy",
         description="Relay WebSocket clients to a TCP service.  With --unix-listen give only "
                     "TARGET; with --token-source (or --unix-target) TARGET may be left out.",
-        usage="%(prog)s [options] [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT")
+        usage="%(prog)s [options] [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT\n"
+              "       %(prog)s [options] [LISTEN_HOST:]LISTEN_PORT -- COMMAND [ARG...]")
     parser.add_argument("listen", metavar="[LISTEN_HOST:]LISTEN_PORT", nargs="?",
                         help="where to listen (HOST may be [IPv6]; no HOST = every address)")
     parser.add_argument("target", metavar="TARGET_HOST:TARGET_PORT", nargs="?",
@@ -121,11 +126,17 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
     Raises :class:`ConfigError` with a one-line message naming the option,
     or the file and line; argparse itself exits 2 on malformed syntax.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, command = split_wrap_command(argv)
+    # Intermixed: options may stand between and after the positionals
+    # (``wsproxy 6080 --heartbeat 30 host:5900``), as websockify allows.
+    args = build_parser().parse_intermixed_args(argv)
     values: Dict[str, Any] = {}
     if args.config:
         values = config.read_config_file(args.config)
     options = _option_values(args)
+    if command:
+        options["wrap_command"] = command
     options.update(_positional_values(args.listen, args.target, dict(values, **options)))
     # The command line replaces what the file said about the same thing.
     if {"target_host", "unix_target"} & set(options):
@@ -137,6 +148,14 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
     values.update(options)
     _check_complete(values)
     return Settings(**values), args.print_config
+
+
+def split_wrap_command(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """``[..., "--", COMMAND, ...]`` -> (the arguments before, the command after)."""
+    if "--" not in argv:
+        return argv, []
+    index = argv.index("--")
+    return argv[:index], argv[index + 1:]
 
 
 def settings_from_args(argv: Optional[List[str]] = None) -> Settings:
@@ -182,7 +201,10 @@ def _positional_values(listen: Optional[str], target: Optional[str],
 def _check_complete(values: Dict[str, Any]) -> None:
     if not values.get("unix_listen") and "listen_port" not in values:
         raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT (or --unix-listen PATH)")
-    if not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
+    if values.get("wrap_command"):
+        if values.get("target_host") or values.get("unix_target"):
+            raise ConfigError("target: give either TARGET_HOST:TARGET_PORT or -- COMMAND, not both")
+    elif not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
         raise ConfigError("target: missing TARGET_HOST:TARGET_PORT "
                           "(or --unix-target PATH, or --token-source)")
     if values.get("verbose") and values.get("quiet"):
@@ -385,7 +407,27 @@ def make_server(settings: Settings) -> ProxyServer:
     """Bind the listening socket ``settings`` describe (TCP, or ``--unix-listen``)."""
     if settings.unix_listen:
         return UnixProxyServer(settings.unix_listen, settings)
-    return ProxyServer((settings.listen_host, settings.listen_port), settings)
+    return ProxyServer((listen_host(settings), settings.listen_port), settings)
+
+
+def listen_host(settings: Settings) -> str:
+    """The address to bind: LISTEN_HOST, or with ``--prefer-ipv6`` its IPv6 address.
+
+    As websockify's ``-6``: a name with IPv4 and IPv6 addresses binds the
+    IPv6 one, and no LISTEN_HOST binds ``::`` (both kinds, where the
+    system allows) instead of every IPv4 address.
+    """
+    host = settings.listen_host
+    if not settings.prefer_ipv6:
+        return host
+    if not host:
+        return "::"
+    try:
+        found = socket.getaddrinfo(host, settings.listen_port, socket.AF_INET6,
+                                   socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return host  # no IPv6 address: bind what the name gives
+    return found[0][4][0] if found else host
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -399,23 +441,46 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     try:
         settings, print_config = parse_command_line(argv)
-        if print_config:
-            sys.stdout.write(config.format_config(settings))
-            return 0
+    except ConfigError as exc:
+        return _fail(exc, 2)
+    if print_config:
+        sys.stdout.write(config.format_config(settings))
+        return 0
+    return run(settings)
+
+
+#: ``announce(settings, server)``: a front door's start-up lines, logged once serving.
+Announce = Callable[[Settings, ProxyServer], None]
+
+
+def run(settings: Settings, announce: Optional[Announce] = None) -> int:
+    """Serve ``settings`` until stopped, as the command line does; returns the exit status.
+
+    Every front door (``wsproxy``, ``wsproxy-websockify``) ends here with
+    the :class:`Settings` it built; ``announce`` adds the door's own
+    start-up lines (default: "listening on ..., relaying to ...").
+    """
+    try:
         check_input_files(settings)
         handlers = build_log_handlers(settings)
+        if settings.wrap_command and settings.workers > 1:
+            raise ConfigError("--workers: a wrapped command runs once; use --workers 1")
     except ConfigError as exc:
         return _fail(exc, 2)
     threading.stack_size(THREAD_STACK_SIZE)
     # Handlers first: a SIGHUP or SIGTERM as soon as the port listens must not kill us.
     signals = SignalInbox()
     try:
-        return _start(settings, handlers, signals)
+        return _start(settings, handlers, signals, announce)
     finally:
         signals.close()
 
 
-def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalInbox) -> int:
+def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalInbox,
+           announce: Optional[Announce] = None) -> int:
+    if settings.wrap_command:
+        settings = settings.replace(target_host=wrap.HOST, target_port=wrap.pick_port(),
+                                    unix_target=None)
     try:
         server = make_server(settings)
     except ConfigError as exc:
@@ -438,7 +503,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     try:
         if settings.workers > 1:
             return _supervise(server, settings, handlers, ready_pipe)
-        return _serve(server, settings, handlers, signals, ready_pipe)
+        return _serve(server, settings, handlers, signals, ready_pipe, announce=announce)
     finally:
         if settings.pid_file:
             daemon.remove_pid_file(settings.pid_file)
@@ -477,7 +542,7 @@ def check_input_files(settings: Settings) -> None:
     """Fail early, naming the option, when a file wsproxy must read is missing."""
     for field, want_directory in INPUT_FILES:
         path = getattr(settings, field)
-        if not path or (field == "token_source" and "://" in path):
+        if not path or (field == "token_source" and ("://" in path or settings.token_plugin)):
             continue
         name = config.OPTION_FOR_FIELD[field].key
         if not os.path.exists(path):
@@ -494,23 +559,64 @@ def _fail(message: object, status: int) -> int:
 
 def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
            signals: SignalInbox, ready_pipe: Optional[int],
-           parent_pid: Optional[int] = None) -> int:
+           parent_pid: Optional[int] = None, announce: Optional[Announce] = None) -> int:
     """Serve until a stop signal or a lifetime limit; returns the exit status (0).
 
     A worker passes its supervisor's ``parent_pid``: if the supervisor dies
     without passing a signal on (SIGKILL), the worker stops by itself
     rather than serve on as an orphan nobody can stop with the pid file.
     """
+    wrapped = None
+    if settings.wrap_command:
+        wrapped = wrap.WrappedProgram(settings.wrap_command, settings.target_port,
+                                      settings.wrap_mode)
+        try:
+            wrapped.start()
+        except OSError as exc:
+            server.server_close()
+            message = "cannot run %s: %s" % (settings.wrap_command[0], exc.strerror or exc)
+            if ready_pipe is not None:
+                daemon.report_ready(ready_pipe, message)
+                return 1
+            return _fail(message, 1)
+    try:
+        return _serve_loop(server, settings, handlers, signals, ready_pipe, parent_pid,
+                           announce, wrapped)
+    finally:
+        if wrapped is not None:
+            wrapped.stop()
+
+
+def _serve_loop(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+                signals: SignalInbox, ready_pipe: Optional[int], parent_pid: Optional[int],
+                announce: Optional[Announce], wrapped: Optional[wrap.WrappedProgram]) -> int:
+    if wrapped is not None:
+        status = _await_wrapped(wrapped, signals)
+        if status is not None:
+            server.server_close()
+            if ready_pipe is not None:
+                daemon.report_ready(ready_pipe, "the wrapped command exited before it listened")
+            return status
     serving = threading.Thread(target=server.serve_forever, name="wsproxy-accept", daemon=True)
     serving.start()
-    logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
-                _target_text(settings))
+    if announce is not None:
+        announce(settings, server)
+    else:
+        logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
+                    _target_text(settings))
     logger.debug("options in effect (besides the defaults): %s", _changed_options(settings))
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
     lifetime = _Lifetime(settings, time.monotonic())
     while True:
         wait = lifetime.next_wait(time.monotonic())
+        if wrapped is not None:
+            wait = WRAP_CHECK_INTERVAL if wait is None else min(wait, WRAP_CHECK_INTERVAL)
+            status = wrapped.check(time.monotonic())
+            if status is not None:
+                logger.info("exiting with the wrapped command's status %d", status)
+                _stop(server)
+                return status
         if parent_pid is not None:
             wait = PARENT_CHECK_INTERVAL if wait is None else min(wait, PARENT_CHECK_INTERVAL)
             if os.getppid() != parent_pid:
@@ -523,14 +629,45 @@ def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handl
                 logger.info("%s: shutting down, closing %d open session(s) with 1001",
                             signal.Signals(signum).name, server.open_sessions)
                 return _stop(server)
-        verdict = lifetime.check(time.monotonic(), server.open_sessions)
+        verdict = lifetime.check(time.monotonic(), server.open_sessions,
+                                 getattr(server, "sessions_started", 0))
         if verdict == "stop accepting":
-            logger.info("--timeout %s: no longer accepting; exiting once no session is open",
-                        config.format_number(settings.timeout))
+            if settings.run_once:
+                logger.info("--run-once: no longer accepting; exiting once the session ends")
+            else:
+                logger.info("--timeout %s: no longer accepting; exiting once no session is open",
+                            config.format_number(settings.timeout))
             server.stop_accepting()  # leaves open sessions running
         elif verdict:
             logger.info("exiting: %s", verdict)
             return _stop(server)
+
+
+#: How often the main loop looks after a wrapped command (seconds).
+WRAP_CHECK_INTERVAL = 0.1
+
+
+def _await_wrapped(wrapped: wrap.WrappedProgram, signals: SignalInbox) -> Optional[int]:
+    """Wait until the wrapped program listens (or a while); an exit status to stop with, or None.
+
+    A stop signal while waiting stops wsproxy (status 0).  A program that
+    exits first is handled as ``--wrap-mode`` says; one that neither exits
+    nor listens within :data:`wrap.READY_TIMEOUT` gets a warning, and
+    wsproxy serves anyway (sessions fail until it listens).
+    """
+    deadline = time.monotonic() + wrap.READY_TIMEOUT
+    while not wrapped.listening():
+        for signum in signals.wait(0.02):
+            if signum != RELOAD_SIGNAL:
+                return 0
+        status = wrapped.check(time.monotonic())
+        if status is not None:
+            return status
+        if time.monotonic() >= deadline:
+            logger.warning("the wrapped command does not listen on port %d after %.0f s; "
+                           "serving anyway", wrapped.port, wrap.READY_TIMEOUT)
+            return None
+    return None
 
 
 class _Lifetime:
@@ -544,6 +681,7 @@ class _Lifetime:
     def __init__(self, settings: Settings, started: float) -> None:
         self.timeout = settings.timeout
         self.idle_timeout = settings.idle_timeout
+        self.run_once = settings.run_once
         self.started = started
         self.accepting = True
         self.idle_since: Optional[float] = started
@@ -553,12 +691,17 @@ class _Lifetime:
         waits = []
         if self.timeout and self.accepting:
             waits.append(max(0.0, self.started + self.timeout - now))
-        if self.idle_timeout or not self.accepting:
+        if self.idle_timeout or self.run_once or not self.accepting:
             waits.append(min(IDLE_CHECK_INTERVAL, self.idle_timeout or IDLE_CHECK_INTERVAL))
         return min(waits) if waits else None
 
-    def check(self, now: float, open_sessions: int) -> str:
+    def check(self, now: float, open_sessions: int, sessions_started: int = 0) -> str:
         """"" to go on, "stop accepting", or the reason to exit."""
+        if self.run_once and sessions_started and self.accepting:
+            self.accepting = False
+            return "stop accepting"
+        if self.run_once and not self.accepting and open_sessions == 0:
+            return "--run-once: the session ended"
         if self.accepting and self.timeout and now - self.started >= self.timeout:
             self.accepting = False
             return "stop accepting"
@@ -596,7 +739,8 @@ def _stop(server: ProxyServer) -> int:
 
 
 def _changed_options(settings: Settings) -> str:
-    changed = ["%s=%s" % (option.key, config.format_value(option, getattr(settings, option.field)))
+    changed = ["%s=%s" % (option.key, "(secret)" if option.field in SECRET_FIELDS
+                          else config.format_value(option, getattr(settings, option.field)))
                for option in config.OPTION_FOR_FIELD.values()
                if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
     return ", ".join(changed) or "none"

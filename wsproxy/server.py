@@ -380,6 +380,12 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 entry[name] += count
                 self._totals[name] += count
 
+    @property
+    def sessions_started(self) -> int:
+        """How many sessions have started relaying since the server started."""
+        with self._sessions_lock:
+            return self._totals["sessions"]
+
     def status_document(self) -> bytes:
         """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
         with self._sessions_lock:
@@ -482,7 +488,10 @@ def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
                           % (", ".join(sorted(_TLS_VERSIONS)), settings.ssl_version)) from None
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     try:
-        context.load_cert_chain(settings.cert, settings.key or None)
+        # No --key-password: an empty one, so that an encrypted key fails
+        # with a message instead of OpenSSL prompting on the terminal.
+        context.load_cert_chain(settings.cert, settings.key or None,
+                                password=settings.key_password or "")
     except FileNotFoundError:
         missing = settings.cert if not os.path.exists(settings.cert) else settings.key
         raise ConfigError("%s: no such file: %s"
