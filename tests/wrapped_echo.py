@@ -4,7 +4,7 @@
 
 The port is the argument (``{port}`` on wsproxy's command line) or, without
 one, ``$WSPROXY_WRAP_PORT``.  ``--log FILE`` appends "start PID PORT" when it
-starts and "stop PID" when SIGTERM ends it.  ``--exit-after N`` exits with
+starts, "listen PID" once it listens and "stop PID" when SIGTERM ends it.  ``--exit-after N`` exits with
 ``--status`` (default 0) after N connections ended; ``--never-listen`` exits
 at once with that status.
 """
@@ -44,6 +44,7 @@ def main():
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(8)
+    log(args.log, "listen %d" % os.getpid())
     served = 0
     while True:
         connection, _ = listener.accept()

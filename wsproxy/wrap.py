@@ -78,7 +78,15 @@ class WrappedProgram:
                     self.process.pid, self.port)
 
     def listening(self) -> bool:
-        """True once something accepts connections on the program's port."""
+        """True once something listens on the program's port.
+
+        Linux's socket table answers without connecting (a probe connection
+        would be a client to the program: a VNC server logs it, a program
+        serving one client would take it for its one); elsewhere, connect.
+        """
+        found = _listening_in_proc(self.port)
+        if found is not None:
+            return found
         try:
             socket.create_connection((HOST, self.port), timeout=1).close()
             return True
@@ -134,6 +142,26 @@ class WrappedProgram:
             _signal_group(process, signal.SIGKILL)
             process.wait()
         logger.info("stopped the wrapped command")
+
+
+#: /proc/net/tcp's state column for a listening socket.
+_TCP_LISTEN = "0A"
+
+
+def _listening_in_proc(port: int) -> Optional[bool]:
+    """Whether /proc/net/tcp lists a socket listening on ``port`` on 127.0.0.1 or
+    every address; None when the table cannot be read (not Linux)."""
+    wanted = {"0100007F:%04X" % port, "00000000:%04X" % port}
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table, None)  # the heading
+            for line in table:
+                fields = line.split()
+                if len(fields) > 3 and fields[1] in wanted and fields[3] == _TCP_LISTEN:
+                    return True
+    except OSError:
+        return None
+    return False
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
