@@ -9,6 +9,7 @@ and stops the child.  Listening addresses are loopback only.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -384,7 +385,12 @@ CASES = [
 ]
 
 
-def _prepare(tmp_path: Path, tls_files, echo_target, socat_servers):
+#: Rows that need the generated TLS files.
+TLS_WORDS = re.compile(r"SELFPEM|\{(ca|cert|key|combined|enc_key|tls_target)\}")
+TLS_CHECKS = (check_wss, check_wss_client_cert, check_tls_off)
+
+
+def _prepare(tmp_path: Path, echo_target):
     directory = tmp_path
     (directory / "www").mkdir()
     (directory / "www" / "page.html").write_text("<p>hello</p>")
@@ -402,7 +408,7 @@ def _encrypted_key(tls_files, directory: Path) -> str:
 
 
 @pytest.mark.parametrize("name,line,checks", CASES, ids=[case[0] for case in CASES])
-def test_websockify_command_line(name, line, checks, tmp_path, tls_files, echo_target,
+def test_websockify_command_line(name, line, checks, tmp_path, request, echo_target,
                                  socat_servers, children):
     host = "127.0.0.1"
     if name.startswith("prefer-ipv6"):
@@ -411,12 +417,17 @@ def test_websockify_command_line(name, line, checks, tmp_path, tls_files, echo_t
         host = "::1"
         if not ipv6_loopback():
             pytest.skip("this machine has no IPv6 loopback")
-    directory = _prepare(tmp_path, tls_files, echo_target, socat_servers)
+    directory = _prepare(tmp_path, echo_target)
+    tls_files = None
+    if TLS_WORDS.search(line) or any(check in TLS_CHECKS for check in checks):
+        tls_files = request.getfixturevalue("tls_files")  # skips without openssl
     port = free_port()
     fields = {"listen": "127.0.0.1:%d" % port, "port": port, "target": echo_target.address,
-              "dir": directory, "ca": tls_files.ca, "cert": tls_files.cert, "key": tls_files.key,
-              "combined": tls_files.combined, "python": sys.executable, "root": ROOT,
+              "dir": directory, "python": sys.executable, "root": ROOT,
               "closed": free_port(), "tls_target": "", "unix_target": ""}
+    if tls_files is not None:
+        fields.update(ca=tls_files.ca, cert=tls_files.cert, key=tls_files.key,
+                      combined=tls_files.combined)
     env = child_env()
     syslog = None
     if line.startswith("SELFPEM "):
@@ -538,3 +549,14 @@ def test_negative_numbers_are_values_not_options():
     with pytest.raises(Exception) as refused:
         settings_of("--heartbeat", "-5", "6080", "h:1")
     assert "--heartbeat" in str(refused.value)
+
+
+def test_verify_client_without_cafile_uses_the_system_cas(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "self.pem").write_text("")
+    try:
+        settings = settings_of("--verify-client", "6080", "h:1")
+    except Exception as exc:
+        assert "--cafile" in str(exc)  # a machine without a CA bundle
+        return
+    assert settings.verify_client and os.path.isfile(settings.cafile)

@@ -24,6 +24,7 @@ Only parsing lives here: the result is a :class:`Settings` handed to
 import argparse
 import logging
 import os
+import ssl
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -206,6 +207,14 @@ def _tls_values(args: argparse.Namespace, notes: List[str]) -> Dict[str, Any]:
     values = {"cert": cert}
     if args.key:
         values["key"] = os.path.abspath(args.key)
+    if args.verify_client and not args.cafile:
+        # websockify checks client certificates against the system's CAs then.
+        paths = ssl.get_default_verify_paths()
+        bundle = next((path for path in (paths.cafile, paths.openssl_cafile)
+                       if path and os.path.isfile(path)), None)
+        if bundle is None:
+            raise ConfigError("--verify-client: give --cafile (no system CA bundle found)")
+        values["cafile"] = bundle
     return values
 
 
