@@ -172,6 +172,11 @@ def check_wss_client_cert(run):
         round_trip(tls_client(run))
 
 
+def check_password_not_logged(run):
+    run.child.wait_log("options in effect")
+    assert "s3cret" not in run.child.output()
+
+
 def check_plain_refused(run):
     with pytest.raises(Exception):
         echo_round_trip(run.port)
@@ -341,8 +346,8 @@ CASES = [
     ("self-pem-default", "SELFPEM {listen} {target}", [check_wss, check_ws]),
     ("cert-missing-no-tls", "--cert {dir}/none.pem {listen} {target}", [check_tls_off]),
     ("cert-and-key", "--cert {cert} --key {key} {listen} {target}", [check_wss]),
-    ("key-password", "--cert {cert} --key {enc_key} --key-password s3cret {listen} {target}",
-     [check_wss]),
+    ("key-password", "-v --cert {cert} --key {enc_key} --key-password s3cret {listen} {target}",
+     [check_wss, check_password_not_logged]),
     ("ssl-only", "--ssl-only --cert {combined} {listen} {target}",
      [check_wss, check_plain_refused]),
     ("ssl-version-default", "--ssl-version default --cert {combined} {listen} {target}",
@@ -560,3 +565,22 @@ def test_verify_client_without_cafile_uses_the_system_cas(tmp_path, monkeypatch)
         assert "--cafile" in str(exc)  # a machine without a CA bundle
         return
     assert settings.verify_client and os.path.isfile(settings.cafile)
+
+
+# -- the unreachable target, in-process -------------------------------------------------
+
+
+def test_unreachable_target_is_101_then_1011_with_close_unreachable(proxy, wsproxy_log):
+    running = proxy(target_port=free_port(), close_unreachable=True)
+    with WSClient(running.port) as client:
+        client.handshake()
+        code, reason = client.recv_close()
+        assert code == 1011 and "target" in reason
+        client.send_close(1011)
+    wsproxy_log.wait_for(lambda text: "cannot reach target" in text)
+
+
+def test_unreachable_target_is_502_by_default(proxy):
+    running = proxy(target_port=free_port())
+    with WSClient(running.port) as client:
+        assert client.handshake(expect_status=None).status == 502

@@ -405,6 +405,10 @@ def _ignore_signal(_signum, _frame) -> None:
 
 def make_server(settings: Settings) -> ProxyServer:
     """Bind the listening socket ``settings`` describe (TCP, or ``--unix-listen``)."""
+    if settings.inetd:
+        # Serving on an inherited socket belongs to the service layer; until
+        # it is there, refuse rather than bind some other port.
+        raise ConfigError("--inetd: not supported by this wsproxy")
     if settings.unix_listen:
         return UnixProxyServer(settings.unix_listen, settings)
     return ProxyServer((listen_host(settings), settings.listen_port), settings)
