@@ -584,3 +584,20 @@ def test_unreachable_target_is_502_by_default(proxy):
     running = proxy(target_port=free_port())
     with WSClient(running.port) as client:
         assert client.handshake(expect_status=None).status == 502
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("6080", ("", 6080)), ("0.0.0.0:6080", ("0.0.0.0", 6080)), ("::1:6080", ("::1", 6080)),
+    ("[::1]:6080", ("::1", 6080)), ("fe80::1:2:6080", ("fe80::1:2", 6080)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_addresses_read_as_websockify_reads_them(text, expected):
+    assert websockify.split_address(text, "source") == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("::1:5900", ("::1", 5900)), ("[::1]:5900", ("::1", 5900)), ("vnc.example:5901", ("vnc.example", 5901)),
+])
+def test_targets_read_as_websockify_reads_them(text, expected):
+    settings = settings_of("6080", text)
+    assert (settings.target_host, settings.target_port) == expected

@@ -153,7 +153,7 @@ def test_respawn_mode_starts_the_program_again(wrapper, tmp_path):
     echo_round_trip(port)
 
 
-def test_respawn_is_throttled_to_three_starts_in_ten_seconds(wrapper, tmp_path):
+def test_respawn_is_throttled_like_websockify(wrapper, tmp_path):
     port = free_port()
     path, lines = program_log(tmp_path)
     child = wrapper("-f", "--wrap-mode", "respawn", "127.0.0.1:%d" % port, "--", sys.executable,

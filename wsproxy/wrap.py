@@ -6,8 +6,9 @@ program, which must listen there itself.  The port replaces ``{port}`` in
 the arguments and is in the environment as ``WSPROXY_WRAP_PORT``.  When the
 program exits, ``--wrap-mode`` decides: ``exit`` (wsproxy exits with the
 program's status), ``ignore`` (keep serving; sessions then fail), or
-``respawn`` (start it again, at most :data:`RESPAWN_LIMIT` starts in
-:data:`RESPAWN_WINDOW` seconds, as websockify throttles it).  Stopping
+``respawn`` (start it again; as websockify throttles it, not while its
+last :data:`RESPAWN_LIMIT` starts were on average less than
+:data:`RESPAWN_WINDOW` seconds ago).  Stopping
 wsproxy stops the program.
 
 A process concern: only the command-line layer uses this module; the
@@ -28,9 +29,9 @@ logger = logging.getLogger("wsproxy")
 PORT_VARIABLE = "WSPROXY_WRAP_PORT"
 #: What ``{port}`` in the program's arguments becomes.
 PLACEHOLDER = "{port}"
-#: respawn: no more than this many starts ...
+#: respawn: the last this many starts ...
 RESPAWN_LIMIT = 3
-#: ... within this many seconds.
+#: ... must be on average at least this many seconds ago.
 RESPAWN_WINDOW = 10.0
 #: How long to wait for the program to listen before serving anyway.
 READY_TIMEOUT = 30.0
@@ -115,11 +116,13 @@ class WrappedProgram:
                 return status if status >= 0 else 128 - status
         if self.mode != "respawn":
             return None
-        if len(self._starts) >= RESPAWN_LIMIT and now - self._starts[0] < RESPAWN_WINDOW:
+        recent = self._starts[-RESPAWN_LIMIT:]
+        if len(recent) >= RESPAWN_LIMIT and now - sum(recent) / len(recent) < RESPAWN_WINDOW:
             if not self._throttle_logged:
                 self._throttle_logged = True
-                logger.warning("the wrapped command exited %d times within %.0f s; waiting "
-                               "before starting it again", RESPAWN_LIMIT, RESPAWN_WINDOW)
+                logger.warning("the wrapped command is respawning too fast (%d starts, on "
+                               "average less than %.0f s ago); waiting before starting it "
+                               "again", RESPAWN_LIMIT, RESPAWN_WINDOW)
             return None
         try:
             self.start()
