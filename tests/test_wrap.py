@@ -173,3 +173,13 @@ def test_target_and_command_together_are_refused(wrapper):
     child = wrapper("-f", "127.0.0.1:%d" % free_port(), "127.0.0.1:1", "--", "prog")
     assert child.wait_exit() == 2
     assert "target" in child.output()
+
+
+def test_wrap_command_from_a_config_file(wrapper, tmp_path):
+    port = free_port()
+    conf = tmp_path / "wsproxy.conf"
+    conf.write_text("[wsproxy]\nlisten = 127.0.0.1:%d\nwrap-command = '%s' '%s' '{port}'\n"
+                    "wrap-mode = respawn\n" % (port, sys.executable, ECHO))
+    child = wrapper("-f", "-c", str(conf))
+    child.wait_log("listening on")
+    echo_round_trip(port)
