@@ -602,3 +602,12 @@ def test_addresses_read_as_websockify_reads_them(text, expected):
 def test_targets_read_as_websockify_reads_them(text, expected):
     settings = settings_of("6080", text)
     assert (settings.target_host, settings.target_port) == expected
+
+
+def test_prefer_ipv6_binds_ipv6_where_there_is_a_choice():
+    from wsproxy import cli
+    from wsproxy.settings import Settings
+    assert cli.listen_host(Settings(prefer_ipv6=True)) == "::"
+    assert cli.listen_host(Settings(prefer_ipv6=True, listen_host="127.0.0.1")) == "127.0.0.1"
+    assert cli.listen_host(Settings(prefer_ipv6=True, listen_host="::1")) == "::1"
+    assert cli.listen_host(Settings(listen_host="")) == ""
