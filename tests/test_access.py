@@ -371,9 +371,9 @@ def test_max_connections_holds_for_concurrent_handshakes(proxy, pki):
 @pytest.mark.parametrize("headers, shown", [
     ({"X-Forwarded-For": "203.0.113.9"}, "203.0.113.9"),
     ({"X-Forwarded-For": "198.51.100.1, 203.0.113.9, 127.0.0.1"}, "203.0.113.9"),
-    ({"Forwarded": 'for=203.0.113.9;proto=https'}, "203.0.113.9"),
-    ({"Forwarded": 'for="[2001:db8::7]:4711"'}, "2001:db8::7"),
-], ids=["xff", "xff-chain", "forwarded", "forwarded-ipv6"])
+    ({"X-Forwarded-For": "2001:db8::7"}, "2001:db8::7"),
+    ({"X-Forwarded-For": "::ffff:203.0.113.9"}, "203.0.113.9"),
+], ids=["xff", "xff-chain", "xff-ipv6", "xff-mapped"])
 def test_trusted_proxy_forwarded_address_is_logged(proxy, wsproxy_log, headers, shown):
     running = proxy(trusted_proxy=["127.0.0.1"])
     good_session(running, headers=headers)
@@ -395,6 +395,47 @@ def test_forwarded_headers_are_ignored_from_untrusted_peers(proxy, wsproxy_log, 
                          what="the session's close line with the real peer")
     for text in wsproxy_log.messages():
         assert "203.0.113.9" not in text and "198.51.100.3" not in text, text
+
+
+def test_a_client_supplied_forwarded_header_is_ignored(proxy, wsproxy_log):
+    # The trusted proxy appends X-Forwarded-For; the client adds its own Forwarded.
+    running = proxy(trusted_proxy=["127.0.0.1"])
+    good_session(running, headers={"Forwarded": "for=198.51.100.66",
+                                   "X-Forwarded-For": "203.0.113.9"})
+    wsproxy_log.wait_for(lambda text: "open to" in text and "203.0.113.9 (via" in text,
+                         what="the session line with the address the proxy wrote")
+    assert not wsproxy_log.find("198.51.100.66"), wsproxy_log.messages()
+
+
+def test_forwarded_alone_is_not_believed(proxy, wsproxy_log):
+    running = proxy(trusted_proxy=["127.0.0.1"])
+    good_session(running, headers={"Forwarded": "for=198.51.100.66"})
+    line = wsproxy_log.wait_for(lambda text: "open to" in text, what="the session line")
+    assert "(via" not in line and "198.51.100.66" not in line, line
+
+
+def test_entries_left_of_the_client_are_never_believed(proxy, wsproxy_log):
+    # The client wrote "198.51.100.66, 10.1.2.3"; our proxies (127.0.0.1 and
+    # 10.0.0.0/8) appended 203.0.113.9 and 10.9.9.9.
+    running = proxy(trusted_proxy=["127.0.0.1", "10.0.0.0/8"])
+    good_session(running, headers={"X-Forwarded-For": "198.51.100.66, 10.1.2.3, 203.0.113.9, "
+                                                      "10.9.9.9"})
+    wsproxy_log.wait_for(lambda text: "open to" in text and "203.0.113.9 (via" in text,
+                         what="the session line naming the first untrusted hop")
+    assert not wsproxy_log.find("198.51.100.66")
+
+
+@pytest.mark.parametrize("value", [
+    "fe80::1%eth0", "fe80::1%anything", "203.0.113.9:4711", "[2001:db8::1]", "010.0.0.1",
+    "203.0.113.9 evil", "0x7f.1", "2001:db8::1/64", "unknown",
+], ids=["scope-id", "scope-text", "port", "brackets", "leading-zero", "junk", "hex",
+        "prefix", "word"])
+def test_only_plain_addresses_are_taken(proxy, wsproxy_log, value):
+    running = proxy(trusted_proxy=["127.0.0.1"])
+    good_session(running, headers={"X-Forwarded-For": value})
+    wsproxy_log.wait_for(lambda text: "not an IP address" in text, what="the ignore line")
+    line = wsproxy_log.wait_for(lambda text: ": open to" in text, what="the session line")
+    assert "(via" not in line and "%" not in line, line
 
 
 # -- log lines cannot be forged -----------------------------------------------------------

@@ -38,8 +38,8 @@ DOCUMENTED = {
     "ProxyServer", "Request", "SessionInfo", "Settings", "Target",
 }
 #: The handler hooks an embedder overrides.
-HOOKS = ("check_request", "select_target", "session_started", "session_ended",
-         "client_data", "target_data")
+HOOKS = ("check_request", "check_http_request", "select_target", "session_started",
+         "session_ended", "client_data", "target_data")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -293,8 +293,8 @@ def test_embedding_doc_names_every_hook_and_public_name_and_its_code_compiles():
         assert "`%s" % name in text, "the README's embedding section does not mention %s" % name
     table = [line for line in text.splitlines() if line.startswith("| `")]
     assert [line.split("`")[1].split("(")[0] for line in table] == [
-        "check_request", "select_target", "session_started", "client_data", "target_data",
-        "session_ended"]
+        "check_request", "check_http_request", "select_target", "session_started", "client_data",
+        "target_data", "session_ended"]
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 3
     for block in blocks:
@@ -438,6 +438,23 @@ def test_check_request_status_refuses_before_any_target_connection(serve, echo_t
         ws.expect_closed()
     assert log.names() == ["check_request"]
     assert echo_target.connections == []
+
+
+def test_check_http_request_guards_every_plain_page_but_not_the_upgrade(serve, echo_target):
+    class InternalOnly(ProxyRequestHandler):
+        def check_http_request(self, request):
+            if request.headers.get("x-internal") != "yes":
+                raise HandshakeError(403, "internal pages only")
+
+    served = serve(proxy_to(echo_target.port, InternalOnly, status="/status"))
+    for path in ("/status", "/anything"):
+        with WSClient(served.port) as ws:
+            ws.send_raw(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+            assert ws.read_response().status == 403
+    with WSClient(served.port) as ws:
+        ws.send_raw(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Internal: yes\r\n\r\n")
+        assert ws.read_response().status == 200
+    echo_round_trip(served.port)
 
 
 def test_handshake_error_from_check_request_sends_status_reason_and_headers(serve, echo_target):

@@ -169,6 +169,36 @@ def test_unwritable_log_file_exits_2(tmp_path, echo_target):
     assert "Traceback" not in result.stderr
 
 
+def test_log_file_is_not_opened_through_a_planted_symlink(tmp_path, echo_target):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "wsproxy.log"
+    link.symlink_to(victim)
+    result = run_wsproxy("-f", "--log-file", str(link), "127.0.0.1:%d" % free_port(),
+                         echo_target.address)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("wsproxy: --log-file: cannot open") \
+        and "symbolic link" in result.stderr, result.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_reopen_refuses_a_symlink_planted_after_rotation(tmp_path, wsproxy_process, echo_target):
+    log = tmp_path / "wsproxy.log"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    port = free_port()
+    child = wsproxy_process("-f", "--log-file", str(log), "127.0.0.1:%d" % port,
+                            echo_target.address)
+    child.wait_listening(port)
+    assert os.stat(str(log)).st_mode & 0o777 == 0o640
+    os.rename(str(log), str(tmp_path / "wsproxy.log.1"))
+    log.symlink_to(victim)
+    child.send_signal(signal.SIGHUP)
+    child.wait_for(lambda: "symbolic link" in read_text(tmp_path / "wsproxy.log.1"),
+                   "the refusal, written to the old file")
+    assert victim.read_text() == "precious\n"
+
+
 # -- escaping -------------------------------------------------------------------------------
 
 
@@ -259,3 +289,78 @@ def test_syslog_without_address_uses_the_local_syslog(wsproxy_process, echo_targ
         echo(ws, b"to the local syslog")
         close_normally(ws)
     assert child.alive()
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+SERVICE_PASSWORD = "S3cret-Passw0rd"
+SERVICE_KEY = "K3y-0f-The-API"
+PAGE_PASSWORD = "VncPassw0rd"
+
+
+def test_secrets_in_options_never_reach_the_log_at_any_verbosity(tmp_path, wsproxy_process,
+                                                                 echo_target):
+    from test_token_service import TokenServiceStub
+
+    service = TokenServiceStub()
+    try:
+        service.route("alpha", {"host": "127.0.0.1", "port": echo_target.port})
+        service.answers["broken"] = (500, b"{}")
+        url = service.url("/tokens?apikey=%s" % SERVICE_KEY).replace(
+            "://", "://ops:%s@" % SERVICE_PASSWORD)
+        (tmp_path / "index.html").write_text("hi")
+        port = free_port()
+        child = wsproxy_process("-f", "-v", "--token-source", url, "--web", str(tmp_path),
+                                "127.0.0.1:%d" % port)
+        child.wait_listening(port)
+        with open_session(port, protocols=["binary"], path="/?token=alpha") as ws:
+            echo(ws, b"x")
+            close_normally(ws)
+        with socket.create_connection(("127.0.0.1", port), timeout=EXIT_DEADLINE) as raw:
+            raw.sendall(b"GET /index.html?host=h&password=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                        % PAGE_PASSWORD.encode())
+            raw.recv(4096)
+        with socket.create_connection(("127.0.0.1", port), timeout=EXIT_DEADLINE) as raw:
+            raw.sendall(b"GET /?token=broken HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            raw.recv(4096)
+        child.wait_for(lambda: "refused: 503" in child.output(), "the token service failure")
+        child.wait_for(lambda: "index.html" in child.output(), "the page request line")
+        output = child.output()
+        assert "DEBUG options in effect" in output and "token-source=" in output
+        assert "ops:***@" in output, "the dump should still say a password is set"
+        for secret in (SERVICE_PASSWORD, SERVICE_KEY, PAGE_PASSWORD):
+            assert secret not in output, "%s leaked into the log:\n%s" % (secret, output)
+    finally:
+        service.stop()
+
+
+def test_a_bad_secret_url_is_reported_without_its_password():
+    result = run_wsproxy("--token-source", "http://ops:%s@host:99999/t" % SERVICE_PASSWORD,
+                         "-f", "8080")
+    assert result.returncode == 2
+    assert "token-source" in result.stderr
+    assert SERVICE_PASSWORD not in result.stderr, result.stderr
+
+
+def test_secret_fields_are_masked_in_the_options_dump_without_being_named(monkeypatch):
+    # Any option whose field name says "password" or "secret" (such as a key
+    # password) is hidden whole, with no list of such options to keep up to date.
+    import dataclasses
+    from wsproxy import cli, config
+    from wsproxy.settings import Settings
+
+    Extended = dataclasses.make_dataclass(
+        "Extended", [("vault_secret", str, ""), ("db_password", str, "")], bases=(Settings,))
+    options = dict(config.OPTION_FOR_FIELD)
+    for field in ("vault_secret", "db_password"):
+        options[field] = config.Option(("--" + field.replace("_", "-"),), field, "text", "X",
+                                       "a secret", config.GROUPS[0])
+    monkeypatch.setattr(config, "OPTION_FOR_FIELD", options)
+    monkeypatch.setattr(cli, "_DEFAULTS", Extended())
+    settings = Extended(vault_secret="Hunter2-vault", db_password="Hunter2-db",
+                        token_source="https://u:Hunter2-url@h/t")
+    dump = cli._changed_options(settings)
+    assert "vault-secret=***" in dump and "db-password=***" in dump, dump
+    assert "Hunter2" not in dump, dump

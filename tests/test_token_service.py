@@ -8,6 +8,7 @@ import base64
 import http.server
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -222,7 +223,7 @@ def test_answers_become_targets(service, answer, target):
     b'{"host": "127.0.0.1", "port": 65536}', b'{"host": "127.0.0.1", "port": true}',
     b'{"host": "127.0.0.1", "port": 5900.5}', b'{"host": 7, "port": 5900}',
     b'{"unix": ""}', b'{"unix": 5, "host": "127.0.0.1", "port": 5900}',
-    b'{"unix": "/a\\u0000b"}',
+    b'{"unix": "/a\\u0000b"}', b'{"unix": "/a\\nsession 9 forged"}',
 ], ids=lambda body: repr(body[:40]))
 def test_answers_breaking_the_contract_raise_the_documented_error(service, body):
     service.answers["t"] = (200, body)
@@ -383,3 +384,116 @@ def test_factory_picks_the_service_or_the_file_table(tmp_path):
 def test_bad_service_url_is_a_config_error_naming_the_option(url):
     with pytest.raises(ConfigError, match="token-source"):
         TokenService(url)
+
+
+# -- one deadline for the whole exchange ------------------------------------------------------
+
+
+class TricklingService:
+    """A raw TCP "token service": reads a request, then sends ``answer`` a byte per ``pause`` s.
+
+    It stops trickling as soon as the client goes away or :meth:`stop` is called.
+    """
+
+    def __init__(self, answer: bytes, pause: float) -> None:
+        self.answer = answer
+        self.pause = pause
+        self.stopping = threading.Event()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.threads: List[threading.Thread] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True, name="trickle-accept")
+        self.thread.start()
+
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/tokens" % self.port
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _address = self.listener.accept()
+            except OSError:
+                return
+            if self.stopping.is_set():
+                sock.close()
+                return
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True,
+                                      name="trickle-conn")
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                for index in range(len(self.answer)):
+                    # The pause is the service's behaviour under test, not a wait for a condition.
+                    if self.stopping.wait(self.pause):
+                        return
+                    sock.sendall(self.answer[index:index + 1])
+            except OSError:
+                return  # the client gave up
+
+    def stop(self) -> None:
+        self.stopping.set()
+        try:  # wake the blocking accept()
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            pass
+        self.thread.join(THREAD_DEADLINE)
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(THREAD_DEADLINE)
+
+
+def trickled_answer(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.fixture
+def trickle():
+    services = []
+
+    def start(answer: bytes, pause: float) -> TricklingService:
+        service = TricklingService(answer, pause)
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        service.stop()
+
+
+def test_trickled_answer_is_bounded_by_one_deadline(trickle):
+    # ~110 bytes at 0.05 s each: 5.5 s in all, but every single read is quick.
+    service = trickle(trickled_answer(b'{"host": "127.0.0.1", "port": 5900}'), 0.05)
+    client = TokenService(service.url(), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(TokenServiceError, match="timed out"):
+        client.lookup("t")
+    took = time.monotonic() - started
+    assert took < 1.2, "a 0.5 s deadline held the lookup %.2f s" % took
+
+
+def test_a_quick_trickle_within_the_deadline_is_read_whole(trickle):
+    service = trickle(trickled_answer(b'{"host": "127.0.0.1", "port": 5900}'), 0.0)
+    assert TokenService(service.url(), timeout=5.0).lookup("t") == Target(host="127.0.0.1",
+                                                                          port=5900)
+
+
+def test_trickling_service_is_503_within_the_default_timeout(proxy, trickle, wsproxy_log):
+    # The review's case: a 35-byte answer body, and its head, at a byte per 0.2 s.
+    service = trickle(trickled_answer(b'{"host": "127.0.0.1", "port": 5900}'), 0.2)
+    running = token_proxy(proxy, service.url())
+    took = refused(running, "alpha", 503)
+    assert took < 3.0, "the default 2 s deadline held the handshake %.2f s" % took
+    wsproxy_log.wait_for(lambda text: "token service" in text and "timed out" in text,
+                         what="the timeout line")

@@ -332,3 +332,60 @@ def test_index_html_that_links_out_is_not_served(site):
                os.path.join(site, "nolist", "index.html"))
     response = get(site, "/nolist/")
     assert response.status == 404 and SECRET not in content(response)
+
+
+# -- hidden names are judged where a link leads, too ----------------------------------------
+
+
+@pytest.fixture
+def linked_dotfiles(site):
+    www = site
+    with open(os.path.join(www, ".htpasswd"), "wb") as handle:
+        handle.write(SECRET)
+    os.symlink(".htpasswd", os.path.join(www, "pw.txt"))
+    os.symlink(".git", os.path.join(www, "repo"))
+    os.symlink("../.git/config", os.path.join(www, "sub", "cfg.txt"))
+    os.symlink("../.htpasswd", os.path.join(www, "nolist", "index.html"))
+    return www
+
+
+@pytest.mark.parametrize("target", ["/pw.txt", "/repo/config", "/sub/cfg.txt", "/repo/",
+                                    "/%70w.txt"])
+def test_a_link_to_a_hidden_name_is_not_served(linked_dotfiles, target):
+    for listing in (False, True):
+        response = get(linked_dotfiles, target, listing=listing)
+        assert response.status == 404, (target, listing, response.status)
+        assert SECRET not in content(response) and b"[core]" not in content(response)
+
+
+def test_an_index_html_linked_to_a_hidden_file_is_not_served(linked_dotfiles):
+    assert get(linked_dotfiles, "/nolist/").status == 404
+    listed = get(linked_dotfiles, "/nolist/", listing=True)
+    assert listed.status == 200 and SECRET not in content(listed)
+    assert b"index.html" not in content(listed)
+
+
+def test_a_link_to_a_hidden_name_is_not_listed(linked_dotfiles):
+    pub = os.path.join(linked_dotfiles, "pub")
+    os.mkdir(pub)
+    os.symlink("../.htpasswd", os.path.join(pub, "pw.txt"))
+    os.symlink("../.git", os.path.join(pub, "repo"))
+    os.symlink("../link-out", os.path.join(pub, "out"))
+    os.symlink("../sub/page.html", os.path.join(pub, "page.html"))
+    with open(os.path.join(pub, "plain.txt"), "wb") as handle:
+        handle.write(b"plain")
+    listed = get(linked_dotfiles, "/pub/", listing=True)
+    assert listed.status == 200
+    body = content(listed)
+    assert b"pw.txt" not in body and b"repo" not in body
+    assert b"out" not in body, "a link leading out of the root is not listed either"
+    assert b"page.html" in body and b"plain.txt" in body
+
+
+def test_a_web_root_inside_a_hidden_directory_still_serves(tmp_path):
+    root = tmp_path / ".local" / "share" / "www"
+    root.mkdir(parents=True)
+    (root / "index.html").write_bytes(b"home")
+    (root / "alias.html").symlink_to("index.html")
+    assert get(str(root), "/alias.html").body == b"home"
+    assert get(str(root), "/").body == b"home"

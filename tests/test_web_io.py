@@ -204,3 +204,51 @@ def test_client_vanishing_mid_download_does_not_hurt(proxy, site, wsproxy_log):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert fetch(running.port, "GET", "/app.js")[2] == SCRIPT
     wsproxy_log.assert_no_traceback()
+
+
+# -- --web-auth -------------------------------------------------------------------------------
+
+from test_access import PASSWORD, auth_file, basic  # noqa: E402,F401  (fixture)
+
+
+def test_without_web_auth_files_need_no_credentials(proxy, site, auth_file):
+    running = proxy(web=str(site), auth_file=auth_file)
+    assert fetch(running.port, "GET", "/")[2] == INDEX
+
+
+@pytest.mark.parametrize("path", ["/", "/app.js", "/sub/", "/nope.js", "/status"])
+def test_web_auth_guards_every_plain_http_request(proxy, site, auth_file, wsproxy_log, path):
+    running = proxy(web=str(site), web_listing=True, auth_file=auth_file, web_auth=True,
+                    status="/status")
+    for headers in ({}, {"Authorization": basic("alice", "wrong")}):
+        status, answer_headers, body = fetch(running.port, "GET", path, headers)
+        assert status == 401, (path, status)
+        assert answer_headers["WWW-Authenticate"].lower().startswith("basic")
+        assert INDEX not in body and SCRIPT not in body and b"listed-name" not in body
+    status, _, body = fetch(running.port, "GET", path, {"Authorization": basic("alice", PASSWORD)})
+    assert status == (404 if path == "/nope.js" else 200), (path, status)
+    assert wsproxy_log.find("refused: 401")
+    assert not wsproxy_log.find(PASSWORD)
+
+
+def test_web_auth_keeps_the_upgrade_guarded_too(proxy, site, auth_file):
+    running = proxy(web=str(site), auth_file=auth_file, web_auth=True)
+    with running.client() as ws:
+        ws.handshake(expect_status=401)
+    with running.session(protocols=["binary"],
+                         headers={"Authorization": basic("alice", PASSWORD)}) as ws:
+        ws.send_binary(b"ping")
+        assert ws.recv_stream(4) == b"ping"
+
+
+def test_web_auth_without_auth_file_is_a_config_error():
+    from wsproxy import ConfigError, ProxyServer, Settings
+    with pytest.raises(ConfigError, match="web-auth"):
+        ProxyServer(("127.0.0.1", 0), Settings(target_host="127.0.0.1", target_port=1,
+                                              web_auth=True))
+
+
+def test_web_auth_on_the_command_line_needs_auth_file(site):
+    from test_config import run_wsproxy
+    result = run_wsproxy("-f", "--web", str(site), "--web-auth", "127.0.0.1:0", "127.0.0.1:1")
+    assert result.returncode == 2 and "web-auth" in result.stderr, result.stderr

@@ -47,13 +47,13 @@ def listens(port: int, host: str = "127.0.0.1") -> bool:
 class Child:
     """``python3 -m wsproxy.websockify ARGS`` run in ``cwd``, output in files."""
 
-    def __init__(self, args, cwd: Path, env=None) -> None:
+    def __init__(self, args, cwd: Path, env=None, stdin=subprocess.DEVNULL) -> None:
         self.args = list(args)
         self.out_path = cwd / "child.out"
         with open(str(self.out_path), "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wsproxy.websockify"] + self.args, cwd=str(cwd),
-                env=env or child_env(), stdin=subprocess.DEVNULL, stdout=out,
+                env=env or child_env(), stdin=stdin, stdout=out,
                 stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -383,6 +383,7 @@ CASES = [
     ("legacy-syslog", "--syslog {dir}/syslog.sock --legacy-syslog {listen} {target}",
      [check_syslog]),
     ("libserver", "--libserver {listen} {target}", [check_libserver]),
+    ("inetd", "INETD --inetd {target}", [check_ws]),
     ("unreachable-target", "{listen} 127.0.0.1:{closed}", [check_unreachable_1011]),
     ("wrap-command", "{listen} -- {python} {root}/tests/wrapped_echo.py {{port}}", [check_ws]),
     ("wrap-mode-ignore", "--wrap-mode ignore {listen} -- {python} {root}/tests/wrapped_echo.py",
@@ -435,6 +436,13 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
                       combined=tls_files.combined)
     env = child_env()
     syslog = None
+    inetd_socket = None
+    if line.startswith("INETD "):
+        # inetd hands over its listening socket as standard input.
+        inetd_socket = socket.socket()
+        inetd_socket.bind(("127.0.0.1", port))
+        inetd_socket.listen(8)
+        line = line[len("INETD "):]
     if line.startswith("SELFPEM "):
         shutil.copy(tls_files.combined, str(directory / "self.pem"))
         line = line[len("SELFPEM "):]
@@ -458,7 +466,10 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         syslog.settimeout(10)
     try:
         args = [word.format(**fields) for word in line.split()]
-        child = Child(args, directory, env)
+        child = Child(args, directory, env,
+                      inetd_socket.fileno() if inetd_socket else subprocess.DEVNULL)
+        if inetd_socket is not None:
+            inetd_socket.close()  # the child has its copy
         children.append(child)
         if "-D" in args or "--daemon" in args:
             assert child.wait_exit() == 0, child.output()

@@ -9,23 +9,30 @@ configuration.
 
 Signals: SIGTERM and SIGINT stop accepting, close every session with 1001
 and exit 0 once they are done (or after a few seconds); SIGHUP reopens the
-log file and re-reads the token source and the auth file, keeping sessions.
+log file and the audit log and re-reads the token source, the auth file and
+the certificate, keeping sessions (and every counter).
+
+Under a service manager: sockets passed by systemd socket activation (or
+``--inetd``'s standard input) are served instead of binding, readiness and
+the watchdog go to ``NOTIFY_SOCKET``, and ``--user``/``--group`` give up
+root after binding (see :mod:`wsproxy.service`).
 """
 
 import argparse
+import errno
 import logging
 import logging.handlers
 import os
 import select
 import signal
+import socket
 import stat
 import sys
 import threading
 import time
-import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, workers, wrap
+from . import __version__, config, daemon, redact, service, workers, wrap
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -50,9 +57,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
 
 _DEFAULTS = Settings()
-
-#: Options whose value must never reach a log line.
-SECRET_FIELDS = ("key_password",)
 
 #: Files read at start: (field, True = must be a directory, False = a file, None = either).
 INPUT_FILES = (
@@ -179,6 +183,10 @@ def _option_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _positional_values(listen: Optional[str], target: Optional[str],
                        values: Dict[str, Any]) -> Dict[str, Any]:
+    if _inherits_listener(values) and listen is not None and target is None:
+        listen, target = None, listen  # only TARGET: the socket is given to us
+    elif _inherits_listener(values) and listen is not None:
+        listen = None  # LISTEN is ignored: the inherited socket is served
     if values.get("unix_listen") and listen is not None:
         if target is not None:
             raise ConfigError("--unix-listen takes the place of LISTEN: give only "
@@ -198,8 +206,16 @@ def _positional_values(listen: Optional[str], target: Optional[str],
     return found
 
 
+def _inherits_listener(values: Dict[str, Any]) -> bool:
+    """Whether the listening socket comes from ``--inetd`` or socket activation."""
+    return bool(values.get("inetd")) or service.activation.activation_requested(os.environ)
+
+
 def _check_complete(values: Dict[str, Any]) -> None:
-    if not values.get("unix_listen") and "listen_port" not in values:
+    if values.get("inetd") and values.get("unix_listen"):
+        raise ConfigError("--inetd and --unix-listen exclude each other")
+    if (not values.get("unix_listen") and "listen_port" not in values
+            and not _inherits_listener(values)):
         raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT (or --unix-listen PATH)")
     if values.get("wrap_command"):
         if values.get("target_host") or values.get("unix_target"):
@@ -251,12 +267,33 @@ class _SysLogHandler(_OneLineErrors, logging.handlers.SysLogHandler):
     """Log lines to syslog; an unreachable syslog is reported once, in one line."""
 
 
+#: Mode of a log file wsproxy creates (before the umask).
+LOG_FILE_MODE = 0o640
+
+
 class ReopeningFileHandler(_OneLineErrors, logging.FileHandler):
-    """A log file that :meth:`reopen` opens again at the same path (log rotation)."""
+    """A log file that :meth:`reopen` opens again at the same path (log rotation).
+
+    Opened for appending with ``O_NOFOLLOW``, as the pid file: a symbolic
+    link planted at the path (say in a world-writable directory) must not
+    make a root daemon append to the file it points to.  Created with
+    :data:`LOG_FILE_MODE`.
+    """
+
+    def _open(self):
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        try:
+            return os.fdopen(fd, "a", encoding=self.encoding or "utf-8",
+                             errors=getattr(self, "errors", None) or "backslashreplace")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def reopen(self) -> None:
         """Switch to a fresh file at the path; raises OSError and keeps the old one on failure."""
-        stream = open(self.baseFilename, "a", encoding="utf-8", errors="backslashreplace")
+        stream = self._open()
         self.acquire()
         try:
             old, self.stream = self.stream, stream
@@ -279,7 +316,7 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
                 settings.log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ConfigError("--log-file: cannot open %s: %s"
-                              % (settings.log_file, exc.strerror or exc)) from None
+                              % (settings.log_file, _open_problem(exc))) from None
         handler.destination = settings.log_file
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
@@ -289,7 +326,18 @@ def build_log_handlers(settings: Settings) -> List[logging.Handler]:
         handler = _StderrHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(handler)
+    # Every line, at every level, with the settings' secrets masked.
+    secret_filter = redact.redacted_filter(settings)
+    for handler in handlers:
+        handler.addFilter(secret_filter)
     return handlers
+
+
+def _open_problem(exc: OSError) -> str:
+    """Why a log file did not open; a refused symbolic link says so."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link (refused, as a planted link could point anywhere)"
+    return exc.strerror or str(exc)
 
 
 def _syslog_handler(address_text: str) -> logging.Handler:
@@ -341,7 +389,7 @@ def reopen_logs(settings: Settings, handlers: List[logging.Handler]) -> None:
                 handler.reopen()
             except OSError as exc:
                 logger.error("cannot reopen the log file %s: %s; still writing to the old one",
-                             handler.baseFilename, exc.strerror or exc)
+                             handler.baseFilename, _open_problem(exc))
     if settings.log_file and not settings.foreground:
         try:
             daemon.redirect_output(settings.log_file)
@@ -405,10 +453,6 @@ def _ignore_signal(_signum, _frame) -> None:
 
 def make_server(settings: Settings) -> ProxyServer:
     """Bind the listening socket ``settings`` describe (TCP, or ``--unix-listen``)."""
-    if settings.inetd:
-        # Serving on an inherited socket belongs to the service layer; until
-        # it is there, refuse rather than bind some other port.
-        raise ConfigError("--inetd: not supported by this wsproxy")
     if settings.unix_listen:
         return UnixProxyServer(settings.unix_listen, settings)
     return ProxyServer((listen_host(settings), settings.listen_port), settings)
@@ -432,6 +476,17 @@ def listen_host(settings: Settings) -> str:
     except (OSError, UnicodeError):
         return host  # no IPv6 address: bind what the name gives
     return found[0][4][0] if found else host
+
+
+def open_listener(settings: Settings) -> ProxyServer:
+    """The server on ``--inetd``'s standard input, on sockets passed by socket
+    activation, or else bound as ``settings`` say (:func:`make_server`)."""
+    if settings.inetd:
+        return service.serve_inherited([service.take_stdin_socket()], settings)
+    inherited = service.take_listen_fds(os.environ)
+    if inherited:
+        return service.serve_inherited(inherited, settings)
+    return make_server(settings)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -466,27 +521,32 @@ def run(settings: Settings, announce: Optional[Announce] = None) -> int:
     """
     try:
         check_input_files(settings)
+        identity = service.resolve(settings)
         handlers = build_log_handlers(settings)
         if settings.wrap_command and settings.workers > 1:
             raise ConfigError("--workers: a wrapped command runs once; use --workers 1")
     except ConfigError as exc:
         return _fail(exc, 2)
     threading.stack_size(THREAD_STACK_SIZE)
+    notifier = service.take_notifier(os.environ)
     # Handlers first: a SIGHUP or SIGTERM as soon as the port listens must not kill us.
     signals = SignalInbox()
     try:
-        return _start(settings, handlers, signals, announce)
+        return _start(settings, handlers, signals, identity, notifier, announce)
     finally:
         signals.close()
+        notifier.close()
 
 
 def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalInbox,
+           identity: Optional[service.Identity] = None,
+           notifier: Optional[service.Notifier] = None,
            announce: Optional[Announce] = None) -> int:
     if settings.wrap_command:
         settings = settings.replace(target_host=wrap.HOST, target_port=wrap.pick_port(),
                                     unix_target=None)
     try:
-        server = make_server(settings)
+        server = open_listener(settings)
     except ConfigError as exc:
         return _fail(exc, 2)
     except OSError as exc:
@@ -505,9 +565,18 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
             return 1
         return _fail(exc, 1)
     try:
+        if identity is not None:
+            _drop_privileges(server, settings, identity)
         if settings.workers > 1:
-            return _supervise(server, settings, handlers, ready_pipe)
-        return _serve(server, settings, handlers, signals, ready_pipe, announce=announce)
+            return _supervise(server, settings, handlers, ready_pipe, notifier)
+        return _serve(server, settings, handlers, signals, ready_pipe, notifier=notifier,
+                      announce=announce)
+    except service.PrivilegeError as exc:
+        server.server_close()
+        if ready_pipe is not None:
+            daemon.report_ready(ready_pipe, str(exc))
+            return 1
+        return _fail(exc, 1)
     finally:
         if settings.pid_file:
             daemon.remove_pid_file(settings.pid_file)
@@ -517,14 +586,28 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
 PARENT_CHECK_INTERVAL = 1.0
 
 
+def _drop_privileges(server: ProxyServer, settings: Settings,
+                     identity: service.Identity) -> None:
+    """``--user``/``--group``: load what sessions need, then switch (PrivilegeError if not)."""
+    service.preload(settings)
+    if settings.ssl_target:
+        try:
+            server.target_ssl_context()  # reads the CA bundle while still allowed to
+        except ConfigError as exc:
+            raise service.PrivilegeError(str(exc)) from None
+    service.drop_privileges(identity)
+    service.privileges.check_writable(settings)
+
+
 def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
-               ready_pipe: Optional[int]) -> int:
+               ready_pipe: Optional[int], notifier: Optional[service.Notifier] = None) -> int:
     """``--workers N``: fork N workers serving the bound socket; restart those that die."""
     numbers = workers.SharedCounter(settings.workers)
     parent_pid = os.getpid()
 
     def serve_worker(index: int) -> int:
         server.session_number_source = lambda: numbers.next(index)
+        server.observer.metrics.use_slot(index)  # this worker's block of the shared counters
         worker_signals = SignalInbox()
         workers.unblock_signals()
         try:
@@ -532,11 +615,24 @@ def _supervise(server: ProxyServer, settings: Settings, handlers: List[logging.H
         finally:
             worker_signals.close()
 
-    pool = workers.WorkerPool(settings.workers, serve_worker, on_stop=server.socket.close)
+    pool = workers.WorkerPool(settings.workers, serve_worker)
+    # The supervisor speaks for its workers: ready once they are forked,
+    # watchdog pings while any runs.
+    lifecycle = service.Lifecycle(server, notifier, alive=lambda: bool(pool.children))
+
+    def on_stop() -> None:
+        lifecycle.stopping("stopping %d workers" % settings.workers)
+        server.socket.close()
+
+    pool.on_stop = on_stop
+    pool.on_reload = lambda: (lifecycle.reloading(), lifecycle.reloaded())
+    lifecycle.status_text = lambda: "%d workers" % len(pool.children)  # type: ignore[assignment]
     logger.info("listening on %s with %d workers", _listen_text(settings, server), settings.workers)
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
+    pool.on_started = lifecycle.started
     status = pool.run()
+    lifecycle.stopping()
     server.server_close()
     logger.info("stopped")
     return status
@@ -557,18 +653,22 @@ def check_input_files(settings: Settings) -> None:
 
 
 def _fail(message: object, status: int) -> int:
-    print("wsproxy: %s" % message, file=sys.stderr)
+    print("wsproxy: %s" % redact.redact_text(str(message)), file=sys.stderr)
     return status
 
 
 def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
            signals: SignalInbox, ready_pipe: Optional[int],
-           parent_pid: Optional[int] = None, announce: Optional[Announce] = None) -> int:
+           parent_pid: Optional[int] = None,
+           notifier: Optional[service.Notifier] = None,
+           announce: Optional[Announce] = None) -> int:
     """Serve until a stop signal or a lifetime limit; returns the exit status (0).
 
     A worker passes its supervisor's ``parent_pid``: if the supervisor dies
     without passing a signal on (SIGKILL), the worker stops by itself
     rather than serve on as an orphan nobody can stop with the pid file.
+    With ``-- COMMAND`` the wrapped program runs (and is stopped) around
+    the serving, and its exit may end it (``--wrap-mode``).
     """
     wrapped = None
     if settings.wrap_command:
@@ -584,25 +684,28 @@ def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handl
                 return 1
             return _fail(message, 1)
     try:
-        return _serve_loop(server, settings, handlers, signals, ready_pipe, parent_pid,
-                           announce, wrapped)
+        if wrapped is not None:
+            status = _await_wrapped(wrapped, signals)
+            if status is not None:
+                server.server_close()
+                if ready_pipe is not None:
+                    daemon.report_ready(ready_pipe, "the wrapped command exited before it listened")
+                return status
+        return _serve_started(server, settings, handlers, signals, ready_pipe, parent_pid,
+                              notifier, announce, wrapped)
     finally:
         if wrapped is not None:
             wrapped.stop()
 
 
-def _serve_loop(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
-                signals: SignalInbox, ready_pipe: Optional[int], parent_pid: Optional[int],
-                announce: Optional[Announce], wrapped: Optional[wrap.WrappedProgram]) -> int:
-    if wrapped is not None:
-        status = _await_wrapped(wrapped, signals)
-        if status is not None:
-            server.server_close()
-            if ready_pipe is not None:
-                daemon.report_ready(ready_pipe, "the wrapped command exited before it listened")
-            return status
+def _serve_started(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+                   signals: SignalInbox, ready_pipe: Optional[int], parent_pid: Optional[int],
+                   notifier: Optional[service.Notifier], announce: Optional[Announce],
+                   wrapped: Optional[wrap.WrappedProgram]) -> int:
     serving = threading.Thread(target=server.serve_forever, name="wsproxy-accept", daemon=True)
     serving.start()
+    lifecycle = service.Lifecycle(server, notifier)
+    lifecycle.start_followers()
     if announce is not None:
         announce(settings, server)
     else:
@@ -611,6 +714,18 @@ def _serve_loop(server: ProxyServer, settings: Settings, handlers: List[logging.
     logger.debug("options in effect (besides the defaults): %s", _changed_options(settings))
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
+    lifecycle.started(serving)
+    try:
+        return _main_loop(server, settings, handlers, signals, parent_pid, lifecycle, wrapped)
+    finally:
+        lifecycle.stopping()
+
+
+def _main_loop(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+               signals: SignalInbox, parent_pid: Optional[int],
+               lifecycle: service.Lifecycle,
+               wrapped: Optional[wrap.WrappedProgram] = None) -> int:
+    """Wait for signals and lifetime limits; returns the exit status once stopped."""
     lifetime = _Lifetime(settings, time.monotonic())
     while True:
         wait = lifetime.next_wait(time.monotonic())
@@ -619,31 +734,39 @@ def _serve_loop(server: ProxyServer, settings: Settings, handlers: List[logging.
             status = wrapped.check(time.monotonic())
             if status is not None:
                 logger.info("exiting with the wrapped command's status %d", status)
+                lifecycle.stopping("the wrapped command exited")
                 _stop(server)
                 return status
         if parent_pid is not None:
             wait = PARENT_CHECK_INTERVAL if wait is None else min(wait, PARENT_CHECK_INTERVAL)
             if os.getppid() != parent_pid:
                 logger.warning("the supervising process is gone; stopping this worker")
+                lifecycle.stopping()
                 return _stop(server)
         for signum in signals.wait(wait):
             if signum == RELOAD_SIGNAL:
+                lifecycle.reloading()
                 _reload(server, settings, handlers)
+                lifecycle.reloaded()
             else:
                 logger.info("%s: shutting down, closing %d open session(s) with 1001",
                             signal.Signals(signum).name, server.open_sessions)
+                lifecycle.stopping("%s: closing sessions" % signal.Signals(signum).name)
                 return _stop(server)
         verdict = lifetime.check(time.monotonic(), server.open_sessions,
                                  getattr(server, "sessions_started", 0))
         if verdict == "stop accepting":
             if settings.run_once:
                 logger.info("--run-once: no longer accepting; exiting once the session ends")
+                lifecycle.stopping("--run-once: no longer accepting")
             else:
                 logger.info("--timeout %s: no longer accepting; exiting once no session is open",
                             config.format_number(settings.timeout))
+                lifecycle.stopping("--timeout: no longer accepting")
             server.stop_accepting()  # leaves open sessions running
         elif verdict:
             logger.info("exiting: %s", verdict)
+            lifecycle.stopping(verdict)
             return _stop(server)
 
 
@@ -732,6 +855,14 @@ def _reload(server: ProxyServer, settings: Settings, handlers: List[logging.Hand
         logger.error("SIGHUP: reload failed, keeping the previous tables: %s", exc)
     except Exception:  # a bug: keep serving, and leave the details in the log
         logger.exception("SIGHUP: reload failed")
+    if settings.cert:
+        # Apart from the tables: a bad certificate must not stop a token reload.
+        try:
+            server.reload_tls()
+        except ConfigError as exc:
+            logger.error("SIGHUP: keeping the previous certificate: %s", exc)
+        else:
+            logger.info("SIGHUP: certificate reloaded from %s", settings.cert)
 
 
 def _stop(server: ProxyServer) -> int:
@@ -743,14 +874,20 @@ def _stop(server: ProxyServer) -> int:
 
 
 def _changed_options(settings: Settings) -> str:
-    changed = ["%s=%s" % (option.key, "(secret)" if option.field in SECRET_FIELDS
-                          else config.format_value(option, getattr(settings, option.field)))
+    # Shown through redact_value: no secret in the -v dump (see wsproxy.redact).
+    changed = ["%s=%s" % (option.key, redact.redact_value(
+                   option.field, config.format_value(option, getattr(settings, option.field))))
                for option in config.OPTION_FOR_FIELD.values()
                if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
     return ", ".join(changed) or "none"
 
 
 def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:
+    followers = getattr(server, "followers", None)
+    if server is not None and followers is not None:
+        addresses = [server.server_address] + [f.server_address for f in followers]
+        return "%s %s" % ("--inetd's standard input" if settings.inetd else "inherited socket(s)",
+                          ", ".join(_address_text(address) for address in addresses))
     if settings.unix_listen:
         return "unix:%s (mode %04o)" % (settings.unix_listen, settings.unix_listen_mode)
     port = server.server_address[1] if server is not None else settings.listen_port
@@ -763,4 +900,10 @@ def _target_text(settings: Settings) -> str:
         return "unix:" + settings.unix_target
     if settings.target_host:
         return config.format_target(settings)
-    return "the targets of --token-source %s" % settings.token_source
+    return "the targets of --token-source %s" % redact.redact_text(settings.token_source)
+
+
+def _address_text(address) -> str:
+    if isinstance(address, tuple):
+        return ("[%s]:%d" if ":" in address[0] else "%s:%d") % address[:2]
+    return "unix:%s" % address

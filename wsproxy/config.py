@@ -292,6 +292,8 @@ KINDS: Dict[str, Kind] = {
     "address-list": Kind(_read_ip_address, lambda values: ", ".join(values), many=True),
     "wrap-mode": Kind(_read_wrap_mode, _format_text),
     "command": Kind(_read_command, lambda words: " ".join(shlex.quote(word) for word in words)),
+    "path-or-dash": Kind(lambda text, base_dir: text if text == "-" else _read_path(text, base_dir),
+                         _format_text),
 }
 
 
@@ -308,6 +310,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--proxy-protocol",), "proxy_protocol", "bool", None,
            "expect a PROXY protocol v1/v2 header first on every connection, "
            "from a --trusted-proxy only (HAProxy send-proxy)", _L),
+    Option(("--inetd",), "inetd", "bool", None,
+           "the listening socket is standard input (inetd wait mode); give only TARGET", _L),
     # Target (the TARGET positional is the ``target`` key)
     Option(("--unix-target",), "unix_target", "path", "PATH",
            "relay to a Unix socket instead of TARGET_HOST:TARGET_PORT", _T),
@@ -350,11 +354,17 @@ OPTIONS: Tuple[Option, ...] = (
            "allowed Origin (repeatable); other origins get 403", _W),
     Option(("--auth-file",), "auth_file", "path", "FILE",
            "require HTTP Basic authentication against FILE (python3 -m wsproxy.passwd)", _W),
+    Option(("--web-auth",), "web_auth", "bool", None,
+           "with --auth-file, authenticate plain HTTP requests too (--web files, --status)", _W),
     Option(("--trusted-proxy",), "trusted_proxy", "address-list", "ADDR",
-           "a reverse proxy's IP address or network whose X-Forwarded-For/Forwarded "
+           "a reverse proxy's IP address or network whose X-Forwarded-For "
            "is believed (repeatable)", _W),
     Option(("--status",), "status", "http-path", "PATH",
            "answer a GET of PATH with JSON counters (uptime, sessions, bytes)", _W),
+    Option(("--metrics",), "metrics", "http-path", "PATH",
+           "answer a GET of PATH with Prometheus metrics (text format 0.0.4)", _W),
+    Option(("--metrics-allow",), "metrics_allow", "address-list", "NET",
+           "an address or network allowed to read --metrics (repeatable; none = anyone)", _W),
     # Limits and timeouts
     Option(("--handshake-timeout",), "handshake_timeout", "positive-seconds", "S",
            "seconds allowed for the TLS and HTTP handshakes", _M),
@@ -398,8 +408,6 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--prefer-ipv6",), "prefer_ipv6", "bool", None,
            "listen on IPv6 when LISTEN_HOST is a name with both kinds of address "
            "(and on :: when there is no LISTEN_HOST)", _L),
-    Option(("--inetd",), "inetd", "bool", None,
-           "the listening socket is standard input (started by inetd)", _L),
     Option(("--close-unreachable",), "close_unreachable", "bool", None,
            "when the target cannot be reached, accept the WebSocket and close it "
            "with 1011 and a reason (websockify's way) instead of answering 502", _T),
@@ -413,8 +421,6 @@ OPTIONS: Tuple[Option, ...] = (
            "--token-source", _K),
     Option(("--key-password",), "key_password", "text", "PASSWORD",
            "password of an encrypted --key (never logged)", _S),
-    Option(("--web-auth",), "web_auth", "bool", None,
-           "require authentication for --web files and --status too", _W),
     Option(("--auth-plugin",), "auth_plugin", "text", "CLASS",
            "a websockify auth plugin (BasicHTTPAuth, ..., or a dotted path)", _W),
     Option(("--auth-source",), "auth_source", "text", "ARG",
@@ -426,6 +432,15 @@ OPTIONS: Tuple[Option, ...] = (
     Option(("--legacy-syslog",), "legacy_syslog", "bool", None,
            "accepted for websockify; wsproxy's syslog lines are always the "
            "traditional (RFC 3164) kind", _P),
+    Option(("--audit-log",), "audit_log", "path-or-dash", "FILE",
+           "append one JSON line per session start, end and refused handshake to FILE "
+           "(- = standard output; reopened on SIGHUP)", _P),
+    Option(("--audit-hash-tokens",), "audit_hash_tokens", "bool", None,
+           "write the SHA-256 of each token to the audit log instead of the token", _P),
+    Option(("--user",), "user", "text", "NAME",
+           "after binding and reading the certificate, run as this user (and its group)", _P),
+    Option(("--group",), "group", "text", "NAME",
+           "after binding, run as this group (default: --user's own group)", _P),
 )
 
 #: The option that sets each field (not counting negating flags such as -D).

@@ -80,7 +80,8 @@ def redirect_output(log_path: Optional[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if log_path:
-        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        # O_NOFOLLOW, as for the pid file and the log handler's own open.
+        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
     else:
         out = os.open(os.devnull, os.O_WRONLY)
     try:

@@ -13,19 +13,20 @@ wsproxy's own features (origin, auth, tokens, recording) sit on the same
 hooks.
 """
 
-import ipaddress
 import logging
 import socket
 import ssl
 import time
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
-from . import auth, tokens, trust, web
+from . import auth, observe, tokens, trust, web
+from .logs import escape
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
 from .protocol.frames import CloseCode
 from .protocol.handshake import Request
+from .redact import redact_text
 from .relay import Relay
 from .session import SessionInfo, format_address
 from .settings import Settings
@@ -72,6 +73,11 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self._capacity_reserved = False
         self._handshaking = True
         self.user: Optional[str] = None
+        #: What the audit log records beyond the session's basics (see :meth:`_session_info`).
+        self.forwarded_for: List[str] = []
+        self.token: Optional[str] = None
+        self.compression: Optional[str] = None
+        self._protocol = self._subprotocol = self._target = None
         #: One deadline for the whole handshake: sniff, TLS and HTTP.
         self.handshake_deadline = time.monotonic() + self.settings.handshake_timeout
         prepare = getattr(self.server, "prepare_connection", None)
@@ -113,6 +119,10 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         except HandshakeError as exc:
             logger.info("%srefused: %s", self.log_prefix, _escape(str(exc)))
             self._send_raw(handshake.error_response(exc))
+            refused = getattr(self.server, "handshake_refused", None)
+            if refused is not None:
+                self.session = self._session_info(status=exc.status)
+                refused(self, exc.status, exc.reason)
         except socket.timeout:
             logger.info("%shandshake timed out", self.log_prefix)
         except (ConnectionError, ssl.SSLError) as exc:
@@ -149,6 +159,26 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             origin = request.headers.get("origin") or request.headers.get("sec-websocket-origin")
             if origin not in allowed:
                 raise HandshakeError(403, "origin not allowed")
+        self.authenticate(request)
+        return None
+
+    def check_http_request(self, request: Request) -> None:
+        """Accept or refuse a plain HTTP request (not an upgrade) before it is answered.
+
+        The one place that decides whether a page served here (a
+        ``--web`` file or listing, the ``--status`` page, any page added
+        later) needs credentials: with ``--web-auth`` every one does, as
+        the upgrade does.  Raise :class:`HandshakeError` to refuse (401
+        with ``WWW-Authenticate`` by default).
+        """
+        if self.settings.web_auth:
+            self.authenticate(request)
+
+    def authenticate(self, request: Request) -> None:
+        """Check ``--auth-file`` credentials; sets ``self.user``, or raises HandshakeError 401.
+
+        Does nothing without an auth table.
+        """
         auth_table = getattr(self.server, "auth_table", None)
         if auth_table is not None:
             user = auth_table.check(request.headers.get("authorization"))
@@ -156,7 +186,6 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 raise HandshakeError(401, "authentication required",
                                      {"WWW-Authenticate": auth.WWW_AUTHENTICATE})
             self.user = user
-        return None
 
     def select_target(self, request: Request) -> TargetChoice:
         """Choose where this session's bytes go.
@@ -171,10 +200,11 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         token_table = getattr(self.server, "token_table", None)
         if token_table is not None:
             token = tokens.token_from_request(request.target, request.headers, settings.host_token)
+            self.token = token
             try:
                 target = token_table.lookup(token) if token else None
             except tokens.TokenServiceError as exc:
-                logger.warning("%s%s", self.log_prefix, exc)
+                self._warn("token-service", "%s%s", self.log_prefix, exc)
                 raise HandshakeError(503, "token service unavailable") from None
             if target is None:
                 raise HandshakeError(404, "unknown or missing token")
@@ -230,40 +260,25 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def _apply_forwarded(self, request: Request) -> None:
         """Behind a ``--trusted-proxy``, take the client address it forwarded.
 
-        Only when the peer itself is trusted; the rightmost address that is
-        not a trusted proxy is the client (``X-Forwarded-For`` or RFC 7239
-        ``Forwarded: for=``).  Elsewhere those headers are ignored.
+        Only when the peer itself is trusted, and only from
+        ``X-Forwarded-For``, walked from the right past trusted hops (see
+        :func:`wsproxy.trust.forwarded_client`); ``Forwarded`` is ignored,
+        as are both headers from any other peer.
         """
         trusted = trust.networks(self.settings.trusted_proxy)
         peer = self.client_address[0] if isinstance(self.client_address, tuple) else None
         if not trusted or not trust.is_trusted(peer, trusted):
             return
-        chain = []
-        for part in request.headers.get("forwarded", "").split(","):
-            for pair in part.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for" and value:
-                    value = value.strip('"')
-                    if value.startswith("["):
-                        value = value[1:].partition("]")[0]
-                    elif value.count(":") == 1:
-                        value = value.partition(":")[0]
-                    chain.append(value)
-        if not chain:
-            chain = [item.strip() for item in request.headers.get("x-forwarded-for", "").split(",")
-                     if item.strip()]
-        for address in reversed(chain):
-            try:
-                address = str(ipaddress.ip_address(address))
-            except ValueError:
-                logger.info("%signored a forwarded address that is not an IP address: %s",
-                            self.log_prefix, _escape(address))
-                return
-            if not trust.is_trusted(address, trusted):
-                self.remote_address = (address, 0)
-                self.log_prefix = "session %d %s (via %s): " % (
-                    self.number, _escape(address), format_address(self.client_address))
-                return
+        found = trust.forwarded_client(request.headers.get("x-forwarded-for", ""), trusted)
+        if found.bad is not None:
+            logger.info("%signored a forwarded address that is not an IP address: %s",
+                        self.log_prefix, _escape(found.bad))
+            return
+        self.forwarded_for = list(found.chain)  # the client, then the proxies believed
+        if found.address is not None and found.address != peer:
+            self.remote_address = (found.address, 0)
+            self.log_prefix = "session %d %s (via %s): " % (
+                self.number, _escape(found.address), format_address(self.client_address))
 
     def _recv_before(self, deadline: float, chunk: bytearray) -> int:
         left = deadline - time.monotonic()
@@ -289,12 +304,14 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             if self.settings.compress:
                 agreed = deflate.negotiate(request.headers.get("sec-websocket-extensions"),
                                            self.settings.compress_window_bits)
+            self.compression = agreed.response_header() if agreed else None
             answer = handshake.accept_response(
                 key, subprotocol,
                 {"Sec-WebSocket-Extensions": agreed.response_header()} if agreed else {})
             protocol = "rfc6455"
             connection = Connection(subprotocol, self.settings.max_message_size,
                                     deflate=agreed, compress_level=self.settings.compress_level)
+        self._protocol, self._subprotocol = protocol, subprotocol
         refusal = self.check_request(request)
         if refusal is not None:
             status = int(refusal)
@@ -305,12 +322,13 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             reserve()
             self._capacity_reserved = True
         choice = self.select_target(request)
+        self._target = choice if isinstance(choice, Target) else None
         try:
             self.target_stream, target = self._connect(choice)
         except HandshakeError as exc:
             if exc.status != 502 or not self.settings.close_unreachable or protocol != "rfc6455":
                 raise
-            self._close_unreachable(answer, connection)
+            self._close_unreachable(answer, connection, exc)
             return
         self._send_raw(answer)
         self.stream.settimeout(None)
@@ -341,26 +359,52 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
     def handle_http(self, request: Request) -> None:
         """Answer a plain HTTP request (not an upgrade).
 
-        ``--status PATH`` answers JSON counters there; ``--web DIR`` serves
-        static files; otherwise 405 with a short text naming the proxy.
+        ``--status PATH`` answers JSON counters there, ``--metrics PATH``
+        Prometheus text (to ``--metrics-allow`` addresses only); ``--web
+        DIR`` serves static files; otherwise 405 with a short text naming
+        the proxy.  :meth:`check_http_request` may refuse it first
+        (``--web-auth``).
         """
         settings = self.settings
-        status_page = getattr(self.server, "status_document", None)
-        if settings.status and request.path == settings.status and status_page is not None:
+        self.check_http_request(request)
+        page = self._counter_page(request.path)
+        if page is not None:
             if request.method not in ("GET", "HEAD"):
-                raise HandshakeError(405, "status is read-only", {"Allow": "GET, HEAD"})
-            body = status_page()
-            logger.info("%sstatus page", self.log_prefix)
+                raise HandshakeError(405, "%s is read-only" % page[0], {"Allow": "GET, HEAD"})
+            name, render, content_type = page
+            body = render()
+            logger.info("%s%s page", self.log_prefix, name)
             self._send_raw(handshake.http_response(
                 200, b"" if request.method == "HEAD" else body,
                 {"Cache-Control": "no-store", "Content-Length": str(len(body))},
-                content_type="application/json"))
+                content_type=content_type))
             return
         if settings.web:
             self._serve_file(request)
             return
         raise HandshakeError(405, "this is a WebSocket proxy (wsproxy); plain HTTP is not served here",
                              {"Allow": "GET"})
+
+    def _counter_page(self, path: str):
+        """``(name, render, content type)`` of the counter page at ``path``, or None.
+
+        Raises 403 for ``--metrics`` asked by an address ``--metrics-allow``
+        does not list.
+        """
+        settings = self.settings
+        if settings.status and path == settings.status:
+            render = getattr(self.server, "status_document", None)
+            return ("status", render, "application/json") if render is not None else None
+        if settings.metrics and path == settings.metrics:
+            render = getattr(self.server, "metrics_document", None)
+            if render is None:
+                return None
+            allowed = trust.networks(settings.metrics_allow)
+            address = self.remote_address
+            if allowed and isinstance(address, tuple) and not trust.is_trusted(address[0], allowed):
+                raise HandshakeError(403, "metrics not available to this address")
+            return ("metrics", render, observe.METRICS_CONTENT_TYPE)
+        return None
 
     def _serve_file(self, request: Request) -> None:
         answer = web.respond(self.settings.web, request.method, request.target,
@@ -380,8 +424,9 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                     left -= len(chunk)
         finally:
             answer.close()
-        logger.info("%s%s %s -> %d", self.log_prefix, request.method, _escape(request.target),
-                    answer.status)
+        # redact_text: a page URL may carry ?password= or ?token= (noVNC's do).
+        logger.info("%s%s %s -> %d", self.log_prefix, request.method,
+                    _escape(redact_text(request.target)), answer.status)
 
     # -- the target ---------------------------------------------------------------------
 
@@ -406,8 +451,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                 sock = socket.create_connection((target.host, target.port), timeout=timeout)
                 _nodelay(sock)
         except OSError as exc:
-            logger.warning("%scannot reach target %s: %s", self.log_prefix, target,
-                           exc.strerror or exc)
+            self._warn("target-unreachable", "%scannot reach target %s: %s", self.log_prefix,
+                       target, exc.strerror or exc)
             raise HandshakeError(502, "target unreachable") from None
         stream = SocketStream(sock)
         if target.tls:
@@ -415,7 +460,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         sock.settimeout(None)
         return stream, target
 
-    def _close_unreachable(self, answer: bytes, connection: Connection) -> None:
+    def _close_unreachable(self, answer: bytes, connection: Connection,
+                           exc: HandshakeError) -> None:
         """``--close-unreachable``: accept, then close 1011 with a reason.
 
         A browser's WebSocket API never shows an HTTP status, only a close
@@ -425,6 +471,10 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         connection.send_close(CloseCode.INTERNAL_ERROR, UNREACHABLE_REASON)
         self._send_raw(answer + b"".join(connection.data_to_send()))
         logger.info("%saccepted and closed with 1011: %s", self.log_prefix, UNREACHABLE_REASON)
+        refused = getattr(self.server, "handshake_refused", None)
+        if refused is not None:  # counted and audited as the refusal it is
+            self.session = self._session_info(status=101)
+            refused(self, 101, "%s (closed with 1011)" % exc.reason)
         # Wait briefly for the client's answering close frame (or its EOF):
         # closing with its bytes unread could reset the connection before
         # the client has read ours.
@@ -443,7 +493,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             stream.do_handshake(self.settings.handshake_timeout)
         except (OSError, ssl.SSLError) as exc:
             sock.close()
-            logger.warning("%sTLS to target %s failed: %s", self.log_prefix, target, exc)
+            self._warn("target-tls", "%sTLS to target %s failed: %s", self.log_prefix, target, exc)
             raise HandshakeError(502, "target TLS failed") from None
         return stream
 
@@ -451,9 +501,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
 
     def _run_session(self, request: Request, target, protocol: str,
                      subprotocol: Optional[str], connection, rest: bytes) -> None:
-        session = SessionInfo(number=self.number, client_address=self.remote_address,
-                              target=target, protocol=protocol, subprotocol=subprotocol,
-                              path=request.target)
+        self._target = target
+        session = self._session_info()
         self.session = session
         if self.settings.record:
             self.recorder = self._open_recorder(self.settings.record)
@@ -473,22 +522,40 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self.session_started(session)
             relay.run(rest)
         finally:
-            unregister = getattr(self.server, "unregister_session", None)
-            if unregister is not None:
-                unregister(self)
             recorder = getattr(self, "recorder", None)
             if recorder is not None:
                 recorder.close()
+            # The session's numbers are written once, here; the server's
+            # status, metrics and audit log all read them from ``session``.
             session.bytes_from_client = relay.bytes_from_client
             session.bytes_to_client = relay.bytes_to_client
             session.close_code = relay.close_code
             session.close_reason = relay.close_reason
             session.duration = time.monotonic() - started
+            unregister = getattr(self.server, "unregister_session", None)
+            if unregister is not None:
+                unregister(self)
             logger.info("%sclosed: target %s, %d bytes from client, %d bytes to client, "
                         "%.3f s, close %s (%s)", self.log_prefix, target,
                         session.bytes_from_client, session.bytes_to_client, session.duration,
                         session.close_code, _escape(session.close_reason))
             self.session_ended(session)
+
+    def _session_info(self, status: Optional[int] = None) -> SessionInfo:
+        """This connection's :class:`SessionInfo`, with what is known so far."""
+        request = self.http_request
+        tls_version = client_cert = None
+        if self.stream is not None and self.stream.secure:
+            tls = self.stream.tls_object
+            tls_version = tls.version()
+            client_cert = _subject_text((tls.getpeercert() or {}).get("subject"))
+        return SessionInfo(
+            number=self.number, client_address=self.remote_address, target=self._target,
+            protocol=self._protocol or "rfc6455", subprotocol=self._subprotocol,
+            path=request.target if request is not None else "/",
+            via=self.proxy_address, forwarded_for=list(self.forwarded_for),
+            tls_version=tls_version, client_cert=client_cert, user=self.user,
+            token=self.token, compression=self.compression, status=status)
 
     def _hook_chain(self, hook_name: str, recorder_method: str) -> Optional[Callable]:
         """The relay's data hook: the recorder and/or an overridden data hook, or None."""
@@ -551,12 +618,35 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         if finished is not None:
             finished()
 
+    def _warn(self, kind: str, message: str, *args) -> None:
+        """Log a warning that every handshake may repeat (a target down), throttled.
+
+        Through the server's :class:`~wsproxy.logs.Throttle` when it has
+        one; each refusal still gets its own info line.
+        """
+        warnings = getattr(self.server, "warnings", None)
+        if warnings is not None:
+            warnings.warning(kind, message, *args)
+        else:
+            logger.warning(message, *args)
+
     def _send_raw(self, data: bytes) -> None:
         try:
             self.stream.settimeout(self.settings.handshake_timeout)
             self.stream.sendall([data])
         except OSError:
             pass
+
+
+def _subject_text(subject) -> Optional[str]:
+    """A certificate subject from ``getpeercert()`` as ``CN=name,O=org`` (None without one)."""
+    if not subject:
+        return None
+    names = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+             "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+             "emailAddress": "emailAddress", "domainComponent": "DC"}
+    parts = ["%s=%s" % (names.get(key, key), value) for rdn in subject for key, value in rdn]
+    return ",".join(parts)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -576,4 +666,4 @@ def _peer(sock: socket.socket):
 
 def _escape(text: str) -> str:
     """Make client-controlled text safe for one log line."""
-    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escape(text)

@@ -9,7 +9,6 @@ else's accept.
 """
 
 import itertools
-import json
 import logging
 import os
 import socket
@@ -18,11 +17,13 @@ import ssl
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from .auth import AuthTable
 from . import trust
 from .handler import ProxyRequestHandler
+from .logs import Throttle
+from .observe import Observer
 from .protocol import proxy_protocol, sniff
 from .protocol.errors import HandshakeError
 from .session import format_address
@@ -75,20 +76,27 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.token_table = (open_token_source(self.settings.token_source)
                             if self.settings.token_source else None)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
+        if self.settings.web_auth and self.auth_table is None and not self.settings.auth_plugin:
+            raise ConfigError("web-auth: needs --auth-file (or --auth-plugin), the credentials "
+                              "to check")
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
+        self._sessions_started = 0  # --run-once looks at it
         self._reserved = 0
         self._pending_handshakes = 0
-        self._crowded_logged = 0.0
+        #: Warnings one kind of event can repeat at will (a flood) go through this.
+        self.warnings = Throttle(logger)
         self._numbers = itertools.count(1)
         #: Set by ``--workers`` to a counter shared by all worker processes.
         self.session_number_source: Optional[Callable[[], int]] = None
-        self._totals = {"sessions": 0, "bytes_from_client": 0, "bytes_to_client": 0}
-        self._by_target: Dict[str, Dict[str, int]] = {}
+        #: Status counts, metrics and the audit log: every session record goes there.
+        self.observer = Observer(self.settings)
         self._housekeeper: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self.started = time.time()
+        #: When ``serve_forever`` last went round its loop (see :meth:`service_actions`).
+        self.loop_turned: Optional[float] = None
         self._started_monotonic = time.monotonic()
         if self.settings.ssl_target and self.settings.target_insecure:
             logger.warning("TLS to the target is NOT verified (--target-insecure): "
@@ -125,20 +133,25 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             crowded = self._pending_handshakes >= MAX_PENDING_HANDSHAKES
             if not crowded:
                 self._pending_handshakes += 1
+                self.observer.pending_handshakes(self._pending_handshakes)
         if crowded:
-            now = time.monotonic()
-            if now - self._crowded_logged >= 1.0:  # one line a second at most
-                self._crowded_logged = now
-                logger.warning("%d connections still handshaking; refusing new ones "
-                               "(e.g. %s)", MAX_PENDING_HANDSHAKES, format_address(client_address))
+            self.warnings.warning("crowded", "%d connections still handshaking; refusing new "
+                                  "ones (e.g. %s)", MAX_PENDING_HANDSHAKES,
+                                  format_address(client_address), interval=1.0)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` on each turn of its loop: the watchdog's sign of life."""
+        self.loop_turned = time.monotonic()
+        super().service_actions()
 
     def handshake_finished(self) -> None:
         """A connection left the handshake phase (its session began, or it ended)."""
         with self._sessions_lock:
             self._pending_handshakes -= 1
+            self.observer.pending_handshakes(self._pending_handshakes)
 
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
@@ -179,8 +192,22 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self._target_context = context
         return self._target_context
 
+    def reload_tls(self) -> None:
+        """Re-read ``--cert``/``--key``/``--cafile`` (SIGHUP) into a new TLS context.
+
+        Connections accepted from now on use it; open sessions keep the one
+        they began with.  Raises :class:`ConfigError` and keeps the current
+        context when the files cannot be loaded (a half-written renewal).
+        """
+        if self.settings.cert:
+            self.ssl_context = build_server_ssl_context(self.settings)
+
     def reload(self) -> None:
-        """Re-read what may change while running (SIGHUP): tokens, auth file."""
+        """Re-read what may change while running (SIGHUP): audit log, tokens, auth file.
+
+        Counters are kept: metrics never go down across a reload.
+        """
+        self.observer.reopen()
         for name in ("token_table", "auth_table"):
             table = getattr(self, name, None)
             if table is not None and hasattr(table, "reload"):
@@ -262,8 +289,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         peer = format_address(client_address)
         if isinstance(client_address, tuple) and not trust.is_trusted(
                 client_address[0], trust.networks(self.settings.trusted_proxy)):
-            logger.warning("%s: PROXY protocol connection from a peer that is not a "
-                           "--trusted-proxy; closed", peer)
+            self.warnings.warning("untrusted-proxy-peer", "%s: PROXY protocol connection from "
+                                  "a peer that is not a --trusted-proxy; closed", peer)
             return None
         reader = proxy_protocol.ProxyHeaderReader()
         taken = 0
@@ -284,7 +311,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 _discard(sock, used)
                 taken += used
         except proxy_protocol.ProxyHeaderError as exc:
-            logger.warning("%s: PROXY protocol header missing or malformed: %s; closed", peer, exc)
+            self.warnings.warning("bad-proxy-header", "%s: PROXY protocol header missing or "
+                                  "malformed: %s; closed", peer, exc)
             return None
         except socket.timeout:
             logger.info("%s: no complete PROXY protocol header before the handshake "
@@ -320,7 +348,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def _start_tls(self, sock: socket.socket, peer: str, deadline: float):
         if self.ssl_context is None:
-            logger.warning("%s: TLS hello but no certificate configured (--cert); closing", peer)
+            self.warnings.warning("tls-without-cert", "%s: TLS hello but no certificate "
+                                  "configured (--cert); closing", peer)
             return None
         stream = TLSStream(sock, self.ssl_context, server_side=True)
         try:
@@ -355,58 +384,45 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def register_session(self, handler: ProxyRequestHandler) -> None:
         """A session started relaying (called by the handler)."""
-        key = str(handler.session.target)
         with self._sessions_lock:
             self._sessions.add(handler)
-            self._totals["sessions"] += 1
-            entry = self._by_target.setdefault(key, {"sessions": 0, "open": 0,
-                                                      "bytes_from_client": 0, "bytes_to_client": 0})
-            entry["sessions"] += 1
-            entry["open"] += 1
+            self._sessions_started += 1
+        self.observer.session_started(handler.session)
         settings = self.settings
         if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
             self._start_housekeeper()
 
     def unregister_session(self, handler: ProxyRequestHandler) -> None:
-        """A session ended: fold its byte counts into the totals."""
-        relay = handler.relay
-        key = str(handler.session.target)
+        """A session ended; its :class:`SessionInfo` holds the final numbers."""
         with self._sessions_lock:
             self._sessions.discard(handler)
-            entry = self._by_target[key]
-            entry["open"] -= 1
-            for name in ("bytes_from_client", "bytes_to_client"):
-                count = getattr(relay, name)
-                entry[name] += count
-                self._totals[name] += count
+            self.observer.session_leaving(handler.session)
+        self.observer.session_ended(handler.session)
+
+    def handshake_refused(self, handler: ProxyRequestHandler, status: int, reason: str) -> None:
+        """A request was answered with HTTP error ``status`` (``handler.session`` describes it)."""
+        self.observer.handshake_refused(handler.session, reason)
 
     @property
     def sessions_started(self) -> int:
         """How many sessions have started relaying since the server started."""
         with self._sessions_lock:
-            return self._totals["sessions"]
+            return self._sessions_started
 
     def status_document(self) -> bytes:
         """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
         with self._sessions_lock:
-            totals = dict(self._totals)
-            by_target = {key: dict(value) for key, value in self._by_target.items()}
-            for handler in self._sessions:
-                entry = by_target[str(handler.session.target)]
-                for name in ("bytes_from_client", "bytes_to_client"):
-                    count = getattr(handler.relay, name)
-                    entry[name] += count
-                    totals[name] += count
-            open_count = len(self._sessions)
-        document = {
-            "uptime": round(time.monotonic() - self._started_monotonic, 3),
-            "open_sessions": open_count,
-            "total_sessions": totals["sessions"],
-            "bytes_from_client": totals["bytes_from_client"],
-            "bytes_to_client": totals["bytes_to_client"],
-            "targets": by_target,
-        }
-        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            live = [(str(handler.session.target), handler.relay.bytes_from_client,
+                     handler.relay.bytes_to_client) for handler in self._sessions]
+            return self.observer.status_document(live, len(live))
+
+    def metrics_document(self) -> bytes:
+        """The ``--metrics`` text (Prometheus format 0.0.4), every worker's counters."""
+        return self.observer.metrics_document()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.observer.close()
 
     # -- timeouts ---------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
+
+from .logs import escape
 
 
 @dataclass
@@ -18,6 +20,14 @@ class SessionInfo:
     it ends: ``bytes_from_client`` / ``bytes_to_client`` (payload bytes),
     ``close_code`` (sent or received; 1006 when the connection just
     dropped), ``close_reason`` and ``duration`` in seconds.
+
+    What the audit log also records, when known: ``via`` (the balancer
+    that sent a PROXY protocol header), ``forwarded_for`` (the addresses
+    believed from a trusted proxy's forwarding header, client first),
+    ``tls_version`` and ``client_cert`` (the client certificate's subject),
+    ``user`` (``--auth-file``), ``token`` (``--token-source``),
+    ``compression`` (the agreed ``Sec-WebSocket-Extensions``) and, for a
+    refused handshake, ``status`` (the HTTP status answered).
     """
 
     number: int
@@ -32,6 +42,14 @@ class SessionInfo:
     close_code: Optional[int] = None
     close_reason: str = ""
     duration: float = 0.0
+    via: Any = None
+    forwarded_for: List[str] = field(default_factory=list)
+    tls_version: Optional[str] = None
+    client_cert: Optional[str] = None
+    user: Optional[str] = None
+    token: Optional[str] = None
+    compression: Optional[str] = None
+    status: Optional[int] = None
 
     @property
     def client_text(self) -> str:
@@ -40,9 +58,14 @@ class SessionInfo:
 
 
 def format_address(address: Any) -> str:
-    """``host:port`` or ``[v6]:port`` for an address tuple; str() otherwise."""
+    """``host:port`` or ``[v6]:port`` for an address tuple; the text otherwise, for a log line.
+
+    Always escaped (see :func:`wsproxy.logs.escape`): an address may come
+    from a peer (a PROXY protocol UNIX path, a Unix socket client's name)
+    and must not be able to break or forge a log line.
+    """
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return ("[%s]:%s" if ":" in str(host) else "%s:%s") % (host, port)
-    return str(address) if address else "unix"
+        host, port = escape(address[0]), escape(address[1])
+        return ("[%s]:%s" if ":" in host else "%s:%s") % (host, port)
+    return escape(address) if address else "unix"
 

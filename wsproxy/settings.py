@@ -33,6 +33,7 @@ class Settings:
     unix_listen: Optional[str] = None
     unix_listen_mode: int = 0o600
     proxy_protocol: bool = False
+    inetd: bool = False
 
     # -- target ----------------------------------------------------------------
     target_host: Optional[str] = None
@@ -64,6 +65,7 @@ class Settings:
     web_listing: bool = False
     origin: List[str] = field(default_factory=list)
     auth_file: Optional[str] = None
+    web_auth: bool = False
     trusted_proxy: List[str] = field(default_factory=list)
     status: Optional[str] = None
 
@@ -90,6 +92,14 @@ class Settings:
     log_file: Optional[str] = None
     syslog: Optional[str] = None
     workers: int = 1
+    user: Optional[str] = None
+    group: Optional[str] = None
+
+    # -- metrics and audit (wsproxy.observe) ------------------------------------
+    metrics: Optional[str] = None
+    metrics_allow: List[str] = field(default_factory=list)
+    audit_log: Optional[str] = None
+    audit_hash_tokens: bool = False
 
     # -- websockify compatibility (wsproxy-websockify maps its options here) ------
     key_password: Optional[str] = None
@@ -97,8 +107,6 @@ class Settings:
     run_once: bool = False
     traffic: bool = False
     legacy_syslog: bool = False
-    inetd: bool = False
-    web_auth: bool = False
     token_plugin: Optional[str] = None
     auth_plugin: Optional[str] = None
     auth_source: Optional[str] = None

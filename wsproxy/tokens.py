@@ -24,18 +24,19 @@ opens sockets here.
 import base64
 import collections
 import http.client
+import io
 import json
 import logging
 import os
+import socket
 import ssl
 import stat
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+from wsproxy.redact import redact_text
 from wsproxy.settings import ConfigError
 from wsproxy.targets import Target, parse_target
 
@@ -197,13 +198,6 @@ class TokenServiceError(Exception):
     """
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error status here: the contract is 200 or 404."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 class TokenService:
     """A ``token -> Target`` lookup answered by a central HTTP service, with a small cache.
 
@@ -215,8 +209,12 @@ class TokenService:
 
     Answers are kept ``ttl`` seconds (404s ``unknown_ttl`` seconds), at
     most ``max_entries`` of them (least recently used dropped first);
-    failures are not kept.  Each request has ``timeout`` seconds for
-    connecting and for every read.  ``https`` is verified against the
+    failures are not kept.  One deadline, ``timeout`` seconds, bounds the
+    whole exchange: connecting, the TLS handshake, sending the request and
+    reading the entire answer (a service trickling its answer a byte at a
+    time gets no more).  Only resolving the host name is outside it (the
+    system resolver has no timeout to give): name the service by address,
+    or rely on a local resolver.  ``https`` is verified against the
     system's CA store (or ``ssl_context``); ``user:password@`` in the URL
     is sent as HTTP Basic authentication.  Redirects are not followed
     and the environment's proxy variables are ignored.  Raises
@@ -236,7 +234,7 @@ class TokenService:
             usable = False
         if not usable:
             raise ConfigError("token-source: expected http://HOST[:PORT]/PATH or "
-                              "https://HOST[:PORT]/PATH, got %r" % url)
+                              "https://HOST[:PORT]/PATH, got %r" % redact_text(url))
         self.url = url
         self.timeout = timeout
         self.ttl = ttl
@@ -252,11 +250,11 @@ class TokenService:
         self._base = parts._replace(fragment="", netloc=parts.netloc.rpartition("@")[2])
         #: The URL without its query or password, for log lines.
         self.where = urllib.parse.urlunsplit(self._base._replace(query=""))
-        handlers = [urllib.request.ProxyHandler({}), _NoRedirects()]
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        self._context: Optional[ssl.SSLContext] = None
         if parts.scheme.lower() == "https":
-            context = ssl_context if ssl_context is not None else ssl.create_default_context()
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        self._opener = urllib.request.build_opener(*handlers)
+            self._context = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._lock = threading.Lock()
         self._cache: "collections.OrderedDict[str, Tuple[float, Optional[Target]]]" = \
             collections.OrderedDict()
@@ -302,43 +300,41 @@ class TokenService:
         return urllib.parse.urlunsplit(self._base._replace(query=query))
 
     def _ask(self, token: str) -> Optional[Target]:
-        request = urllib.request.Request(self.query_url(token), headers=self._headers)
         deadline = time.monotonic() + self.timeout
+        target = urllib.parse.urlsplit(self.query_url(token))
+        path = urllib.parse.urlunsplit(("", "", target.path or "/", target.query, ""))
+        connection = _DeadlineConnection(self._host, self._port, deadline, self._context)
+        response = None
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                status = response.status
-                body = self._read_body(response, deadline)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 404:
-                return None
-            raise TokenServiceError("token service %s answered HTTP %d"
-                                    % (self.where, exc.code)) from None
-        except urllib.error.URLError as exc:
-            raise TokenServiceError("token service %s unreachable: %s"
-                                    % (self.where, _reason(exc.reason))) from None
-        except (OSError, http.client.HTTPException) as exc:
+            connection.request("GET", path, headers=self._headers)
+            response = connection.getresponse()
+            status = response.status
+            body = response.read(SERVICE_MAX_ANSWER + 1) if status == 200 else b""
+        except socket.timeout:
+            raise TokenServiceError("token service %s timed out (no whole answer within %g s)"
+                                    % (self.where, self.timeout)) from None
+        except OSError as exc:
+            if not connection.connected:
+                raise TokenServiceError("token service %s unreachable: %s"
+                                        % (self.where, _reason(exc))) from None
             raise TokenServiceError("token service %s failed: %s"
                                     % (self.where, _reason(exc))) from None
+        except http.client.HTTPException as exc:
+            raise TokenServiceError("token service %s failed: %s"
+                                    % (self.where, _reason(exc))) from None
+        finally:
+            if response is not None:
+                response.close()
+            connection.release()
+        if status == 404:
+            return None
         if status != 200:
             raise TokenServiceError("token service %s answered HTTP %d (expected 200 or 404)"
                                     % (self.where, status))
+        if len(body) > SERVICE_MAX_ANSWER:
+            raise TokenServiceError("token service %s answer longer than %d bytes"
+                                    % (self.where, SERVICE_MAX_ANSWER))
         return self._target_from_answer(body)
-
-    def _read_body(self, response, deadline: float) -> bytes:
-        """The answer body, at most :data:`SERVICE_MAX_ANSWER` bytes, before ``deadline``."""
-        body = bytearray()
-        while True:
-            if time.monotonic() > deadline:
-                raise TokenServiceError("token service %s too slow (more than %g s)"
-                                        % (self.where, self.timeout))
-            chunk = response.read(16384)
-            if not chunk:
-                return bytes(body)
-            body += chunk
-            if len(body) > SERVICE_MAX_ANSWER:
-                raise TokenServiceError("token service %s answer longer than %d bytes"
-                                        % (self.where, SERVICE_MAX_ANSWER))
 
     def _target_from_answer(self, body: bytes) -> Target:
         """The :class:`Target` a 200 answer names; TokenServiceError if it breaks the contract."""
@@ -350,7 +346,8 @@ class TokenService:
             answer = {}
         unix, host, port = answer.get("unix"), answer.get("host"), answer.get("port")
         if unix is not None:
-            if isinstance(unix, str) and unix and "\x00" not in unix:
+            # No control character: the path appears in log lines.
+            if isinstance(unix, str) and unix and unix.isprintable():
                 return Target(unix=unix)
         else:
             if isinstance(host, str) and host.startswith("[") and host.endswith("]"):
@@ -362,6 +359,110 @@ class TokenService:
                 return Target(host=host, port=port)
         raise TokenServiceError('token service %s answered %r; expected JSON {"host": "...", '
                                 '"port": N} or {"unix": "/path"}' % (self.where, body[:200]))
+
+
+def _left(deadline: float) -> float:
+    """Seconds left before ``deadline``; ``socket.timeout`` once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("deadline passed")
+    return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side where every read gets only the time left before ``deadline``.
+
+    A socket timeout bounds one read; re-arming it with what is left before
+    each read makes the timeouts of all reads add up to the one deadline.
+    (An ``SSLSocket`` read with a timeout is bounded as a whole too.)
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(_left(self._deadline))
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocketView:
+    """What ``http.client.HTTPResponse`` needs of a socket: ``makefile`` over a deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP response read (status line, headers, body) before one deadline."""
+
+    def __init__(self, sock, debuglevel: int = 0, method: Optional[str] = None,
+                 url: Optional[str] = None, deadline: float = 0.0) -> None:
+        super().__init__(_DeadlineSocketView(sock, deadline), debuglevel, method, url)
+
+
+class _DeadlineConnection(http.client.HTTPConnection):
+    """One HTTP(S) exchange with the token service, bounded as a whole by ``deadline``.
+
+    Connecting, the TLS handshake, sending and every read each get the
+    time left; the environment's proxy settings are never consulted and
+    redirects are just statuses.
+    """
+
+    def __init__(self, host: str, port: int, deadline: float,
+                 context: Optional[ssl.SSLContext]) -> None:
+        super().__init__(host, port)
+        self._deadline = deadline
+        self._context = context
+        #: True once the TCP connection (and TLS) stands.
+        self.connected = False
+        self._kept: List[socket.socket] = []
+        self.response_class = lambda sock, *args, **kwargs: _DeadlineResponse(
+            sock, *args, deadline=deadline, **kwargs)
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), _left(self._deadline))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:
+                sock.settimeout(_left(self._deadline))
+                sock = self._context.wrap_socket(sock, server_hostname=self.host)
+            # sendall() with a timeout is bounded as a whole (Python 3.5+).
+            sock.settimeout(_left(self._deadline))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.connected = True
+
+    def close(self) -> None:
+        # http.client hands the socket over to a response it will read to
+        # EOF by closing the connection; the response's reader does not hold
+        # the socket open itself, so keep it until release().
+        if self.sock is not None:
+            self._kept.append(self.sock)
+            self.sock = None
+        super().close()
+
+    def release(self) -> None:
+        """Close the connection and its socket (the exchange is over)."""
+        self.close()
+        for sock in self._kept:
+            sock.close()
+        self._kept.clear()
+
+    def send(self, data) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(_left(self._deadline))
+        super().send(data)
 
 
 def _reason(reason: object) -> str:

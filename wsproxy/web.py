@@ -9,7 +9,9 @@ segments *before* percent-decoding, and a segment that decodes to ``.``,
 ``..`` or anything holding ``/``, ``\\`` or a control byte is refused with
 400; hidden names (a leading ``.``) are 404.  The joined path is then
 resolved with ``realpath`` and must still lie inside the resolved root, so a
-symbolic link leading out gives 404.
+symbolic link leading out gives 404; and no name on the resolved path (below
+the root) may be hidden either, so a link such as ``pw.txt -> .htpasswd`` is
+neither served nor listed.
 """
 
 import email.utils
@@ -124,7 +126,7 @@ def respond(web_root: str, method: str, target: str, headers: Mapping[str, str],
         return _error(HTTPStatus.NOT_FOUND, head)
 
     root = os.path.realpath(web_root)
-    path = _resolve_inside(root, os.path.join(root, *segments))
+    path = _resolve_visible(root, os.path.join(root, *segments))
     if path is None:
         return _error(HTTPStatus.NOT_FOUND, head)
     try:
@@ -137,11 +139,11 @@ def respond(web_root: str, method: str, target: str, headers: Mapping[str, str],
     if stat.S_ISDIR(mode):
         if not wants_directory:
             return _redirect_to_directory(segments, query, head)
-        index = _resolve_inside(root, os.path.join(path, INDEX_NAME))
+        index = _resolve_visible(root, os.path.join(path, INDEX_NAME))
         if index is not None and os.path.isfile(index):
             return _serve_file(index, head, headers)
         if listing:
-            return _listing(path, segments, head)
+            return _listing(root, path, segments, head)
         return _error(HTTPStatus.NOT_FOUND, head)
     if not stat.S_ISREG(mode) or wants_directory:
         return _error(HTTPStatus.NOT_FOUND, head)
@@ -183,13 +185,21 @@ def _split_target(target: str) -> Tuple[List[str], bool, str]:
     return segments, path.endswith("/"), query
 
 
-def _resolve_inside(root: str, path: str) -> Optional[str]:
-    """``realpath(path)`` if it lies inside ``root`` (already resolved), else ``None``."""
+def _resolve_visible(root: str, path: str) -> Optional[str]:
+    """``realpath(path)`` if inside ``root`` (already resolved) with no hidden name, else None.
+
+    Hidden names are judged on the resolved path too: a request names only
+    visible segments, but a symbolic link among them may lead to a dot-file
+    or into a dot-directory (``pw.txt -> .htpasswd``, ``site -> .git``).
+    """
     try:
         real = os.path.realpath(path)
         if os.path.commonpath([root, real]) != root:
             return None
+        below = os.path.relpath(real, root)
     except (OSError, ValueError):
+        return None
+    if below != os.curdir and any(part.startswith(".") for part in below.split(os.sep)):
         return None
     return real
 
@@ -279,12 +289,16 @@ def _not_modified(request_headers: Mapping[str, str], mtime: float) -> bool:
     return int(mtime) <= when.timestamp()
 
 
-def _listing(directory: str, segments: Sequence[str], head: bool) -> WebResponse:
+def _listing(root: str, directory: str, segments: Sequence[str], head: bool) -> WebResponse:
     try:
         with os.scandir(directory) as entries:
             names = []
             for entry in entries:
+                # Only what a request for it would be given: nothing hidden,
+                # by its own name or where it leads, nothing outside the root.
                 if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink() and _resolve_visible(root, entry.path) is None:
                     continue
                 try:
                     is_dir = entry.is_dir()

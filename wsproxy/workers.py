@@ -79,6 +79,10 @@ class WorkerPool:
         #: Called once when a stop is requested (the CLI closes the parent's
         #: copy of the listening socket, so a draining host refuses at once).
         self.on_stop = on_stop
+        #: Called once every worker is forked, and after SIGHUP was passed on
+        #: (the CLI tells the service manager).
+        self.on_started: Optional[Callable[[], None]] = None
+        self.on_reload: Optional[Callable[[], None]] = None
         self.children: Dict[int, int] = {}      # pid -> worker index
         self._started: Dict[int, float] = {}    # pid -> start time
         self._stopping = False
@@ -88,6 +92,8 @@ class WorkerPool:
         try:
             for index in range(self.count):
                 self._spawn(index)
+            if self.on_started is not None:
+                self.on_started()
             while self.children:
                 try:
                     pid, status = os.waitpid(-1, 0)
@@ -149,6 +155,8 @@ class WorkerPool:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._begin_stop()
         self._forward(signum)
+        if signum == signal.SIGHUP and self.on_reload is not None and not self._stopping:
+            self.on_reload()
 
     def _begin_stop(self) -> None:
         if not self._stopping and self.on_stop is not None:
