@@ -227,6 +227,8 @@ def check_basic_auth(run):
     import base64
     credentials = base64.b64encode(b"user:secret").decode()
     round_trip(WSClient(run.port), headers={"Authorization": "Basic " + credentials})
+    with WSClient(run.port) as client:
+        assert client.handshake(expect_status=None).status == 401
 
 
 def check_unix_listen(run):

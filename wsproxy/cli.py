@@ -150,6 +150,10 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
         values.pop("verbose", None)
         values.pop("quiet", None)
     values.update(options)
+    if args.token_source is not None and values.get("token_plugin"):
+        # A plugin's argument is read as that plugin reads it (TokenRedis's host:port).
+        values["token_source"] = config.token_source_for(args.token_source, "",
+                                                         values["token_plugin"])
     _check_complete(values)
     return Settings(**values), args.print_config
 
@@ -220,7 +224,8 @@ def _check_complete(values: Dict[str, Any]) -> None:
     if values.get("wrap_command"):
         if values.get("target_host") or values.get("unix_target"):
             raise ConfigError("target: give either TARGET_HOST:TARGET_PORT or -- COMMAND, not both")
-    elif not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
+    elif not (values.get("target_host") or values.get("unix_target") or values.get("token_source")
+              or values.get("token_plugin")):
         raise ConfigError("target: missing TARGET_HOST:TARGET_PORT "
                           "(or --unix-target PATH, or --token-source)")
     if values.get("verbose") and values.get("quiet"):
@@ -555,6 +560,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
+    service.raise_open_file_limit()  # before --workers fork: they inherit it
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)
@@ -643,7 +649,7 @@ def check_input_files(settings: Settings) -> None:
     for field, want_directory in INPUT_FILES:
         path = getattr(settings, field)
         if not path or (field == "token_source" and ("://" in path or settings.token_plugin)):
-            continue
+            continue  # a URL, or a plugin's argument: the plugin checks it at start
         name = config.OPTION_FOR_FIELD[field].key
         if not os.path.exists(path):
             raise ConfigError("--%s: no such file or directory: %s" % (name, path))
@@ -878,8 +884,15 @@ def _changed_options(settings: Settings) -> str:
     changed = ["%s=%s" % (option.key, redact.redact_value(
                    option.field, config.format_value(option, getattr(settings, option.field))))
                for option in config.OPTION_FOR_FIELD.values()
-               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
+               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)
+               and not _secret(settings, option.field)]
     return ", ".join(changed) or "none"
+
+
+def _secret(settings: Settings, field: str) -> bool:
+    """True for an option whose value may hold a password, never logged: a plugin's
+    argument (BasicHTTPAuth's USER:PASSWORD, TokenRedis's host:port:db:password)."""
+    return field == "auth_source" or (field == "token_source" and bool(settings.token_plugin))
 
 
 def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:
@@ -900,6 +913,8 @@ def _target_text(settings: Settings) -> str:
         return "unix:" + settings.unix_target
     if settings.target_host:
         return config.format_target(settings)
+    if settings.token_plugin:
+        return "the targets of --token-plugin %s" % settings.token_plugin
     return "the targets of --token-source %s" % redact.redact_text(settings.token_source)
 
 

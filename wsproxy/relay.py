@@ -101,29 +101,28 @@ class Relay:
                 self._watchdog.cancel()
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
-        """Close the session from outside (shutdown, timeouts): thread-safe.
+        """Close the session from outside (shutdown, timeouts): thread-safe, never waits.
 
-        Sends a close frame (data not yet framed is dropped) and shuts the
-        target; the client gets ``CLOSE_TIMEOUT`` seconds to answer.  If the
-        close cannot even be written in that time (a client that stopped
-        reading), both connections are aborted.
+        Queues a close frame (data not yet framed is dropped) and shuts the
+        target: the downstream pump wakes and sends the close from the
+        session's own thread, so a caller serving many sessions (shutdown,
+        the housekeeper) never blocks on one client.  The client gets
+        ``CLOSE_TIMEOUT`` seconds to answer; after that (or if the close
+        cannot even be written in that time) both connections are aborted.
         """
         self.closing = True
         self._note_end(code, reason)
-        watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
-        watchdog.daemon = True
-        self._watchdog = watchdog
-        watchdog.start()
-        if self._client_lock.acquire(timeout=CLOSE_TIMEOUT):
-            try:
-                self.connection.send_close(code, reason)
-                self._flush_locked()
-            finally:
-                self._client_lock.release()
-            self._flush()
+        if self._finished.is_set():
+            return
+        if self._watchdog is None:
+            watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
+            watchdog.daemon = True
+            self._watchdog = watchdog
+            watchdog.start()
+        self.connection.send_close(code, reason)
         self.target.abort()
         if self._finished.is_set():
-            watchdog.cancel()
+            self._watchdog.cancel()
 
     def close_in_background(self, code: int, reason: str) -> None:
         """:meth:`close` on a short-lived thread, so the caller never waits."""
@@ -137,18 +136,28 @@ class Relay:
             self.target.abort()
 
     def try_ping(self, payload: bytes = b"") -> bool:
-        """Ping the client (heartbeat) unless a write is in progress; thread-safe.
+        """Ping the client (heartbeat) without ever waiting; thread-safe.
 
-        Skipping is harmless: a client busy receiving data is alive.
+        Skipped (False) while another thread writes to the client, or while
+        the previous ping still waits in a full socket buffer: a client busy
+        receiving data is alive, and one that reads nothing gets no ping now
+        (the missed-heartbeat close still comes).  What the socket does not
+        take at once goes out first with the next write.
         """
         if not self._client_lock.acquire(blocking=False):
             return False
         try:
+            client = self.client
+            if client.backlogged:
+                client.send_nowait([])
+                return False
             self.connection.send_ping(payload)
-            self._flush_locked()
+            replies = self.connection.data_to_send()
+            client.send_nowait(replies)
+        except OSError:
+            return False
         finally:
             self._client_lock.release()
-        self._flush()
         return True
 
     # -- client → target ----------------------------------------------------------
@@ -278,7 +287,10 @@ class Relay:
                     if frames:
                         try:
                             client.sendall(frames)
-                        except OSError:
+                        except OSError as exc:
+                            if isinstance(exc, socket.timeout):  # --write-timeout
+                                self._note_end(CloseCode.ABNORMAL, "client write failed: %s"
+                                               % _describe(exc))
                             frames = []
                 if not frames:
                     # A close was sent or the client is gone: drop what the
@@ -344,5 +356,5 @@ class Relay:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
-        return "timed out"
+        return str(exc) or "timed out"
     return exc.strerror or exc.__class__.__name__ if isinstance(exc, OSError) else str(exc)

@@ -13,6 +13,8 @@ from typing import List, Optional
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: A peer that has accepted no byte for this long is gone (``--write-timeout``).
+DEFAULT_WRITE_TIMEOUT = 300.0
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,12 @@ class Settings:
     target_insecure: bool = False
     token_source: Optional[str] = None
     host_token: bool = False
+    # websockify's plugins: a built-in name or a dotted path module.Class
+    token_plugin: Optional[str] = None
+    auth_plugin: Optional[str] = None
+    auth_source: Optional[str] = None
+    #: ``"v1"`` or ``"v2"``: send the target a PROXY protocol header naming the client.
+    target_proxy_protocol: Optional[str] = None
 
     # -- TLS -------------------------------------------------------------------
     cert: Optional[str] = None
@@ -74,6 +82,8 @@ class Settings:
     session_timeout: float = 0.0
     heartbeat: float = 0.0
     max_connections: int = 0
+    max_connections_per_ip: int = 0
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
@@ -107,9 +117,6 @@ class Settings:
     run_once: bool = False
     traffic: bool = False
     legacy_syslog: bool = False
-    token_plugin: Optional[str] = None
-    auth_plugin: Optional[str] = None
-    auth_source: Optional[str] = None
     #: Target unreachable: answer 101, then close 1011 with a reason (not 502).
     close_unreachable: bool = False
     #: ``-- COMMAND ...``: run it on a free loopback port and relay to it.
