@@ -33,6 +33,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .settings import ConfigError, Settings
@@ -151,6 +152,24 @@ def _read_http_path(text: str, base_dir: str) -> str:
     if not text.startswith("/") or any(ord(char) <= 32 for char in text):
         raise ValueError("expected a URL path starting with /, got %r" % text)
     return text
+
+
+#: ``--wrap-mode`` values: what to do when the wrapped program exits.
+WRAP_MODES = ("exit", "ignore", "respawn")
+
+
+def _read_wrap_mode(text: str, base_dir: str) -> str:
+    if text.lower() not in WRAP_MODES:
+        raise ValueError("expected one of %s, got %r" % (", ".join(WRAP_MODES), text))
+    return text.lower()
+
+
+def _read_command(text: str, base_dir: str) -> List[str]:
+    """A command line in shell quoting (``prog --port {port}``) -> its words."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ValueError("expected a command line in shell quoting: %s" % exc) from None
 
 
 def _read_tls_version(text: str, base_dir: str) -> str:
@@ -311,6 +330,8 @@ KINDS: Dict[str, Kind] = {
     "syslog": Kind(_read_syslog, _format_syslog),
     "text-list": Kind(_read_text, lambda values: ", ".join(values), many=True),
     "address-list": Kind(_read_ip_address, lambda values: ", ".join(values), many=True),
+    "wrap-mode": Kind(_read_wrap_mode, _format_text),
+    "command": Kind(_read_command, lambda words: " ".join(shlex.quote(word) for word in words)),
     "path-or-dash": Kind(lambda text, base_dir: text if text == "-" else _read_path(text, base_dir),
                          _format_text),
 }
@@ -446,6 +467,27 @@ OPTIONS: Tuple[Option, ...] = (
            "else a socket /PATH or a UDP HOST[:PORT]", _P),
     Option(("--workers",), "workers", "workers", "N",
            "worker processes sharing the listening socket, or auto (one per CPU)", _P),
+    # websockify's options (wsproxy-websockify sets them; the main command takes them too)
+    Option(("--prefer-ipv6",), "prefer_ipv6", "bool", None,
+           "listen on IPv6 when LISTEN_HOST is a name with both kinds of address "
+           "(and on :: when there is no LISTEN_HOST)", _L),
+    Option(("--close-unreachable",), "close_unreachable", "bool", None,
+           "when the target cannot be reached, accept the WebSocket and close it "
+           "with 1011 and a reason (websockify's way) instead of answering 502", _T),
+    Option(("--wrap-command",), "wrap_command", "command", "COMMAND",
+           "run COMMAND (after -- on the command line) on a free loopback port, "
+           "given as {port} in its arguments and $WSPROXY_WRAP_PORT, and relay to it", _T),
+    Option(("--wrap-mode",), "wrap_mode", "wrap-mode", "MODE",
+           "when the wrapped command exits: " + ", ".join(WRAP_MODES), _T),
+    Option(("--key-password",), "key_password", "text", "PASSWORD",
+           "password of an encrypted --key (never logged)", _S),
+    Option(("--run-once",), "run_once", "bool", None,
+           "handle a single WebSocket session, then exit", _M),
+    Option(("--traffic",), "traffic", "bool", None,
+           "log one line per chunk relayed (websockify's --traffic)", _P),
+    Option(("--legacy-syslog",), "legacy_syslog", "bool", None,
+           "accepted for websockify; wsproxy's syslog lines are always the "
+           "traditional (RFC 3164) kind", _P),
     Option(("--audit-log",), "audit_log", "path-or-dash", "FILE",
            "append one JSON line per session start, end and refused handshake to FILE "
            "(- = standard output; reopened on SIGHUP)", _P),
@@ -513,8 +555,8 @@ def option_value(option: Option, raw: Any, base_dir: str = "") -> Any:
         else:
             text = raw.strip()
             if not text:
-                if _field_default(option.field) is None:
-                    return None
+                if _field_default(option.field) in (None, []):
+                    return _field_default(option.field)
                 raise ValueError("expected a value, got nothing")
             value = kind.read(text, base_dir)
     except ValueError as exc:

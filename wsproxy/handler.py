@@ -24,6 +24,7 @@ from .logs import escape
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
+from .protocol.frames import CloseCode
 from .protocol.handshake import Request
 from .redact import redact_text
 from .relay import Relay
@@ -39,6 +40,10 @@ logger = logging.getLogger("wsproxy")
 TargetChoice = Union[Target, socket.socket]
 Payload = Union[bytes, bytearray, memoryview]
 _READ_CHUNK = 4096
+
+#: ``--close-unreachable``: the close reason, and how long to wait for the client's close.
+UNREACHABLE_REASON = "cannot connect to the target"
+UNREACHABLE_LINGER = 1.0
 
 
 class ProxyRequestHandler(socketserver.StreamRequestHandler):
@@ -355,7 +360,13 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         choice = self.select_target(request)
         self.check_auth_plugin(request, choice)
         self._target = choice if isinstance(choice, Target) else None
-        self.target_stream, target = self._connect(choice)
+        try:
+            self.target_stream, target = self._connect(choice)
+        except HandshakeError as exc:
+            if exc.status != 502 or not self.settings.close_unreachable or protocol != "rfc6455":
+                raise
+            self._close_unreachable(answer, connection, exc)
+            return
         self._send_raw(answer)
         self.stream.settimeout(None)
         self._run_session(request, target, protocol, subprotocol, connection, rest)
@@ -492,6 +503,30 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         sock.settimeout(None)
         return stream, target
 
+    def _close_unreachable(self, answer: bytes, connection: Connection,
+                           exc: HandshakeError) -> None:
+        """``--close-unreachable``: accept, then close 1011 with a reason.
+
+        A browser's WebSocket API never shows an HTTP status, only a close
+        frame's code and reason; websockify answers an unreachable target
+        this way and noVNC shows the reason to its user.
+        """
+        connection.send_close(CloseCode.INTERNAL_ERROR, UNREACHABLE_REASON)
+        self._send_raw(answer + b"".join(connection.data_to_send()))
+        logger.info("%saccepted and closed with 1011: %s", self.log_prefix, UNREACHABLE_REASON)
+        refused = getattr(self.server, "handshake_refused", None)
+        if refused is not None:  # counted and audited as the refusal it is
+            self.session = self._session_info(status=101)
+            refused(self, 101, "%s (closed with 1011)" % exc.reason)
+        # Wait briefly for the client's answering close frame (or its EOF):
+        # closing with its bytes unread could reset the connection before
+        # the client has read ours.
+        try:
+            self.stream.settimeout(UNREACHABLE_LINGER)
+            self.stream.recv_into(bytearray(_READ_CHUNK))
+        except OSError:
+            pass
+
     def _send_proxy_header(self, sock: socket.socket, target) -> None:
         """``--target-proxy-protocol``: name the client to the target before any payload.
 
@@ -613,7 +648,12 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         overridden = getattr(type(self), hook_name) is not getattr(ProxyRequestHandler, hook_name)
         recorder = getattr(self, "recorder", None)
         record = getattr(recorder, recorder_method, None) if recorder is not None else None
-        if not overridden and record is None:
+        # --traffic: one line per chunk, websockify's "}" (from the client)
+        # and "{" (from the target) leading it.
+        traffic = None
+        if self.settings.traffic:
+            traffic = "} from the client" if hook_name == "client_data" else "{ from the target"
+        if not overridden and record is None and traffic is None:
             return None
 
         def observe(data: memoryview):
@@ -623,6 +663,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                     data = replaced
             if record is not None:
                 record(data)
+            if traffic is not None:
+                logger.info("%s%s: %d bytes", self.log_prefix, traffic, len(data))
             return data
         return observe
 

@@ -8,7 +8,14 @@ so no data frame ever follows a close frame (RFC 6455 §5.5.1).
 Closing without loss:
 - the target closes: everything it sent is framed and sent, then close 1000;
 - the client sends close: everything it sent before reaches the target, then
-  the target's write side is shut down and the socket closed.
+  the target's write side is shut down and the socket closed.  The client's
+  TCP connection ends as soon as the close echo is written (RFC 6455
+  §5.5.1), while the target side finishes on its own.
+
+Bounded memory: the upstream pump hands inflated data to the target in
+bounded steps (the protocol's ``input_pending``), and does not read on from
+a client while control replies to it wait behind a writer that cannot write
+to it.
 """
 
 import logging
@@ -83,11 +90,15 @@ class Relay:
         try:
             self._pump_upstream(initial_data)
         finally:
+            deadline = time.monotonic() + CLOSE_TIMEOUT
             self._upstream_done.set()
             self._finish_target()
+            connection = self.connection
+            if connection.close_received is not None and connection.failure is None:
+                self._end_client(deadline)
             # A client that stopped reading can hold the downstream pump in a
             # write forever; after the grace time, abort it.
-            self._downstream.join(CLOSE_TIMEOUT)
+            self._downstream.join(max(0.0, deadline - time.monotonic()))
             if self._downstream.is_alive():
                 self.client.abort()
                 self._stop_target_reads()
@@ -189,19 +200,14 @@ class Relay:
         self.last_activity = self.last_client_activity = time.monotonic()
         connection = self.connection
         payload = connection.receive_data(data)
-        if payload:
-            for chunk in payload:
-                self.bytes_from_client += len(chunk)
-            if self.on_client_data is not None:
-                chunk = payload[0] if len(payload) == 1 else b"".join(payload)
-                payload = [self.on_client_data(memoryview(chunk))]
-            try:
-                # Many frames from one receive leave in one system call.
-                self.target.sendall(payload)
-            except OSError as exc:
-                self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
-                self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
+        while True:
+            if payload and not self._to_target(payload):
                 return False
+            if not connection.input_pending:
+                break
+            # Inflated data goes to the target in bounded steps: the next
+            # step is decoded only once the previous one was written.
+            payload = connection.receive_more()
         self._flush()
         if connection.failure is not None:
             failure = connection.failure
@@ -211,7 +217,50 @@ class Relay:
             code, reason = connection.close_received
             self._note_end(code, "client closed" + (": " + reason if reason else ""))
             return False
+        if connection.has_data_to_send:
+            # A pong is waiting behind the downstream pump's write to this
+            # client.  The reply queue is bounded (a few pongs), but a client
+            # that cannot be written to must not be read from either: wait
+            # for the write, so TCP flow control holds the client back.
+            with self._client_lock:
+                self._flush_locked()
         return True
+
+    def _to_target(self, payload: list) -> bool:
+        """Write one step of client payload to the target; False if that failed."""
+        for chunk in payload:
+            self.bytes_from_client += len(chunk)
+        if self.on_client_data is not None:
+            chunk = payload[0] if len(payload) == 1 else b"".join(payload)
+            payload = [self.on_client_data(memoryview(chunk))]
+        try:
+            # Many frames from one receive leave in one system call.
+            self.target.sendall(payload)
+        except OSError as exc:
+            self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
+            self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
+            return False
+        return True
+
+    def _end_client(self, deadline: float) -> None:
+        """After the close handshake: send the close echo, then end the client's TCP connection.
+
+        RFC 6455 §5.5.1: once the server has both sent and received a
+        close frame it "MUST close the underlying TCP connection
+        immediately" (§7.1.1: the server closes first).  The target side
+        finishes on its own: the downstream pump reads it to its EOF and
+        drops what it sends.  A writer stuck on a client that does not
+        read gets until ``deadline``; then the client is aborted.
+        """
+        lock = self._client_lock
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self.client.abort()
+            return
+        try:
+            self._flush_locked()
+            self.client.shutdown_write()
+        finally:
+            lock.release()
 
     def _linger(self) -> None:
         """After failing the connection: FIN after our close frame, then drain.

@@ -98,6 +98,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
+        self._sessions_started = 0  # --run-once looks at it
         self._reserved = 0
         self._pending = PendingHandshakes(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
                                           STALL_GRACE)
@@ -475,6 +476,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             if self._stopping.is_set():
                 return False
             self._sessions.add(handler)
+            self._sessions_started += 1
         self.observer.session_started(handler.session)
         settings = self.settings
         if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
@@ -491,6 +493,12 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def handshake_refused(self, handler: ProxyRequestHandler, status: int, reason: str) -> None:
         """A request was answered with HTTP error ``status`` (``handler.session`` describes it)."""
         self.observer.handshake_refused(handler.session, reason)
+
+    @property
+    def sessions_started(self) -> int:
+        """How many sessions have started relaying since the server started."""
+        with self._sessions_lock:
+            return self._sessions_started
 
     def status_document(self) -> bytes:
         """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
@@ -607,7 +615,10 @@ def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
                           % (", ".join(sorted(_TLS_VERSIONS)), settings.ssl_version)) from None
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     try:
-        context.load_cert_chain(settings.cert, settings.key or None)
+        # No --key-password: an empty one, so that an encrypted key fails
+        # with a message instead of OpenSSL prompting on the terminal.
+        context.load_cert_chain(settings.cert, settings.key or None,
+                                password=settings.key_password or "")
     except FileNotFoundError:
         missing = settings.cert if not os.path.exists(settings.cert) else settings.key
         raise ConfigError("%s: no such file: %s"

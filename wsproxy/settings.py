@@ -114,6 +114,18 @@ class Settings:
     audit_log: Optional[str] = None
     audit_hash_tokens: bool = False
 
+    # -- websockify compatibility (wsproxy-websockify maps its options here) ------
+    key_password: Optional[str] = None
+    prefer_ipv6: bool = False
+    run_once: bool = False
+    traffic: bool = False
+    legacy_syslog: bool = False
+    #: Target unreachable: answer 101, then close 1011 with a reason (not 502).
+    close_unreachable: bool = False
+    #: ``-- COMMAND ...``: run it on a free loopback port and relay to it.
+    wrap_command: List[str] = field(default_factory=list)
+    wrap_mode: str = "exit"
+
     def replace(self, **changes) -> "Settings":
         """Return a copy with ``changes`` applied (the original is untouched)."""
         return dataclasses.replace(self, **changes)
