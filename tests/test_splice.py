@@ -212,8 +212,10 @@ def test_pongs_are_never_interleaved_in_spliced_frames(proxy, make_target, wspro
                 pings.append(b"ping-%05d" % len(pings))
                 ws.send_ping(pings[-1])
         assert sha(b"".join(data)) == sha(stream)
-        # Pongs the proxy answered before its close all arrived, in order.
-        assert pongs == pings[:len(pongs)]
+        # Pongs answer pings in order; a backlog of pings may be answered
+        # only for the most recent ones (RFC 6455 §5.5.3), never invented.
+        indexes = [pings.index(pong) for pong in pongs]
+        assert indexes == sorted(set(indexes)), "pongs out of order or repeated"
         assert pongs_amid_data > 10, "few pongs came while the stream flowed: nothing was tested"
         close_cleanly(ws)
     wait_until(lambda: wsproxy_log.find("bytes to client"))

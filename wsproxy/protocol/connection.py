@@ -507,7 +507,7 @@ class Connection:
         with self._close_lock:
             if self.close_sent:
                 return []
-            frames = self.data_to_send()
+            frames = self._take_replies() if self.has_data_to_send else []
         frames.append(encode_header(_BINARY, length))
         return frames
 
