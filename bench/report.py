@@ -135,6 +135,9 @@ def _notes(scenario: Scenario, results: Results, key: str, runs: Dict[int, dict]
             opened = median_of(results, name, key, "open_p50_ms")
             if opened is not None:
                 notes.append("handshake p50 %s ms" % _fmt(opened))
+            cpu = median_of(results, name, key, "proxy_cpu_s")
+            if cpu is not None:
+                notes.append("proxy CPU %s s" % _fmt(cpu, 2))
             client = median_of(results, name, key, "client_open_cores")
             if client is not None:
                 notes.append("busiest client process %s cores while opening" % _fmt(client, 2))

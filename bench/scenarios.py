@@ -268,6 +268,7 @@ class Bench:
             peak_pss = sampler.stop()
             peak_rss = proxy.peak_rss_kib()
             worker_rss = [proxy.peak_rss_kib(pid) for pid in proxy.children()]
+            proxy_cpu = proxy.total_cpu()
         finally:
             proxy.stop()
         broken = [r for r in results if "errors" not in r]
@@ -281,6 +282,7 @@ class Bench:
                 "open_seconds": max(r["open_seconds"] for r in results),
                 "echo_seconds": max(r["echo_seconds"] for r in results),
                 "open_p50_ms": max(opens) if opens else None,
+                "proxy_cpu_s": proxy_cpu,
                 "client_open_cores": max((r.get("open_cores") or 0) for r in results),
                 "p50_us": max([r["p50_us"] for r in results if r["p50_us"] == r["p50_us"]], default=None),
                 "peak_pss_mib": peak_pss / 1024.0, "peak_rss_mib": peak_rss / 1024.0,
