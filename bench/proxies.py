@@ -59,8 +59,9 @@ def _websockify_js(listen, target):
 
 
 def _socat(listen, target):
+    """socat as a plain TCP relay; ``-b``: 256 KiB per read/write (its default is 8 KiB)."""
     host, port = listen.rsplit(":", 1)
-    return ["socat", "TCP-LISTEN:%s,bind=%s,reuseaddr,fork,backlog=1024" % (port, host),
+    return ["socat", "-b", str(256 * 1024), "TCP-LISTEN:%s,bind=%s,reuseaddr,fork,backlog=1024" % (port, host),
             "TCP:%s,nodelay" % target]
 
 
