@@ -17,7 +17,8 @@ setup(
     packages=find_packages(include=["wsproxy", "wsproxy.*"]),
     python_requires=">=3.9",
     install_requires=[],
-    entry_points={"console_scripts": ["wsproxy = wsproxy.cli:main"]},
+    entry_points={"console_scripts": ["wsproxy = wsproxy.cli:main",
+                                      "wsproxy-websockify = wsproxy.websockify:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Internet :: Proxy Servers",

@@ -435,3 +435,86 @@ def proxy(request, make_target, wsproxy_log, capsys):
     sys.stdout.write(captured.out)
     sys.stderr.write(captured.err)
     assert "Traceback" not in captured.err, "a traceback was printed:\n" + captured.err
+
+
+# -- a real Redis server --------------------------------------------------------------
+
+
+class RedisServer:
+    """A ``redis-server`` child on 127.0.0.1:``port`` (no persistence), stopped by the fixture."""
+
+    def __init__(self, directory: str, password: Optional[str] = None) -> None:
+        import shutil
+        import subprocess
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.password = password
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", directory, "--protected-mode", "no"]
+        if password:
+            args += ["--requirepass", password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=10.0,
+                   message=lambda: "redis-server to answer on port %d (exit status %s)"
+                   % (self.port, self.process.poll()))
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail("redis-server exited with status %d" % self.process.returncode)
+        try:
+            return self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required.")
+        except OSError:
+            return False
+
+    def command(self, *words: str, db: int = 0) -> bytes:
+        """Send one command (after AUTH/SELECT as needed); return the last reply's first line."""
+        commands = []
+        if self.password and words[0] != "PING":
+            commands.append(("AUTH", self.password))
+        if db:
+            commands.append(("SELECT", str(db)))
+        commands.append(words)
+        data = b""
+        for command in commands:
+            data += b"*%d\r\n" % len(command)
+            for word in command:
+                raw = word.encode("utf-8")
+                data += b"$%d\r\n%s\r\n" % (len(raw), raw)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=DEFAULT_TIMEOUT) as sock:
+            sock.sendall(data)
+            received = b""
+            while received.count(b"\r\n") < len(commands):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        return received.split(b"\r\n")[len(commands) - 1]
+
+    def set(self, key: str, value: str, db: int = 0) -> None:
+        assert self.command("SET", key, value, db=db) == b"+OK"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except Exception:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """Factory: ``redis_server(password=None)`` starts a real Redis; skips without redis-server."""
+    import shutil
+    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    servers = []  # type: List[RedisServer]
+
+    def start(password: Optional[str] = None) -> RedisServer:
+        server = RedisServer(str(tmp_path), password)
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.stop()

@@ -36,6 +36,8 @@ from wsclient import DEFAULT_TIMEOUT, OP_BINARY, WSClient, open_session
 DOCUMENTED = {
     "CloseCode", "ConfigError", "HandshakeError", "ProtocolError", "ProxyRequestHandler",
     "ProxyServer", "Request", "SessionInfo", "Settings", "Target",
+    # the plugin API (README "websockify's token and auth plugins")
+    "AuthenticationError", "BasePlugin",
 }
 #: The handler hooks an embedder overrides.
 HOOKS = ("check_request", "check_http_request", "select_target", "session_started",

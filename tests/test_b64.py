@@ -9,17 +9,21 @@ from wsproxy.protocol.b64 import Base64Decoder, encode
 from wsproxy.protocol.errors import ProtocolError
 
 
-def feed_all(pieces) -> bytes:
+def feed_message(pieces) -> bytes:
+    """Decode one message fed as ``pieces``; it must end whole."""
     decoder = Base64Decoder()
-    return b"".join(decoder.feed(piece) for piece in pieces)
+    out = b"".join(decoder.feed(piece) for piece in pieces)
+    decoder.finish()
+    return out
 
 
 def assert_invalid(*pieces) -> None:
-    """Feeding ``pieces`` in order fails with 1007 at the latest on the last one."""
+    """Feeding ``pieces`` as one message fails with 1007 at the latest when it ends."""
     decoder = Base64Decoder()
     with pytest.raises(ProtocolError) as info:
         for piece in pieces:
             decoder.feed(piece)
+        decoder.finish()
     assert info.value.code == 1007
 
 
@@ -50,19 +54,41 @@ def test_incomplete_group_is_held_back():
 
 
 def test_padded_messages_back_to_back():
-    assert feed_all([b"QQ==", b"QUI="]) == b"AAB"
-    assert feed_all([b"QQ==QUI="]) == b"AAB"
-    assert feed_all([b"QQ==QUI=QUJD"]) == b"AABABC"
-    assert feed_all([b"QUI=QQ==", b"QQ=="]) == b"ABAA"
+    # Each message is decoded on its own, padding and all.
+    decoder = Base64Decoder()
+    out = []
+    for message in (b"QQ==", b"QUI=", b"QUJD", b"QQ=="):
+        out.append(decoder.feed(message))
+        decoder.finish()
+    assert b"".join(out) == b"AABABCA"
+
+
+def test_padding_inside_a_message_is_1007():
+    # Padding ends a message: two encodings run together are not one.
+    for text in (b"QQ==QUI=", b"QQ==QUI=QUJD", b"QUI=QQ=="):
+        assert_invalid(text)
+    assert_invalid(b"QQ==", b"QUI=")
+
+
+def test_a_message_that_is_not_whole_base64_is_1007():
+    # "QQ" then "QkNE": the first message is two characters short of a group;
+    # nothing of it may join the next one.
+    decoder = Base64Decoder()
+    assert decoder.feed(b"QQ") == b""
+    with pytest.raises(ProtocolError) as info:
+        decoder.finish()
+    assert info.value.code == 1007
+    assert decoder.pending == 0
+    assert decoder.feed(b"QkNE") == b"BCD"
+    decoder.finish()
 
 
 @pytest.mark.parametrize("pieces", [
     [b"QUI", b"="], [b"QQ", b"=="], [b"QQ=", b"="], [b"Q", b"Q", b"=", b"="],
-    [b"QQ=", b"=QUI", b"="], [b"QQ==Q", b"UI="],
+    [b"QUJDQQ=", b"="], [b"QUJDQ", b"Q==", b""],
 ])
 def test_padding_split_across_feeds(pieces):
-    expected = base64.b64decode(b"".join(pieces)[:4]) + base64.b64decode(b"".join(pieces)[4:])
-    assert feed_all(pieces) == expected
+    assert feed_message(pieces) == base64.b64decode(b"".join(pieces))
 
 
 def test_every_split_and_byte_by_byte():
@@ -70,19 +96,23 @@ def test_every_split_and_byte_by_byte():
     for length in range(0, 40):
         data = bytes(rng.randrange(256) for _ in range(length))
         text = encode(data)
-        assert feed_all([text]) == data
-        assert feed_all([text[i:i + 1] for i in range(len(text))]) == data
+        assert feed_message([text]) == data
+        assert feed_message([text[i:i + 1] for i in range(len(text))]) == data
         for cut in range(len(text) + 1):
-            assert feed_all([text[:cut], text[cut:]]) == data
+            assert feed_message([text[:cut], text[cut:]]) == data
 
 
-def test_many_padded_chunks_split_everywhere():
+def test_many_messages_split_everywhere():
     chunks = [b"x", b"yz", b"123", b"", b"q", b"\xff\x00"]
-    text = b"".join(encode(chunk) for chunk in chunks)
-    expected = b"".join(chunks)
-    for cut in range(len(text) + 1):
-        for cut2 in range(cut, len(text) + 1, 3):
-            assert feed_all([text[:cut], text[cut:cut2], text[cut2:]]) == expected
+    for cut in range(0, 5):
+        decoder = Base64Decoder()
+        out = []
+        for chunk in chunks:
+            text = encode(chunk)
+            out.append(decoder.feed(text[:cut]))
+            out.append(decoder.feed(text[cut:]))
+            decoder.finish()
+        assert b"".join(out) == b"".join(chunks)
 
 
 def test_accepts_any_bytes_like():

@@ -170,3 +170,11 @@ def test_port_in_use_in_foreground_exits_nonzero_naming_it(echo_target):
     assert "127.0.0.1" in output and str(port) in output, \
         "the message does not name 127.0.0.1:%d: %r" % (port, output)
     assert "Traceback" not in output, output
+
+
+def test_options_between_and_after_the_positionals(foreground, echo_target):
+    # websockify's users write "6080 --heartbeat=30 host:5900"; argparse alone refused it.
+    port = free_port()
+    child = foreground("127.0.0.1:%d" % port, "--heartbeat=30", echo_target.address, "-f")
+    child.wait_listening(port)
+    echo_round_trip(port)

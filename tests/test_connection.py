@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from wsproxy.protocol.connection import Connection
+from wsproxy.protocol.connection import MAX_PENDING_PONGS, Connection
 
 MASK = bytes.fromhex("37fa213d")  # RFC 6455 §5.7's example mask
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -77,9 +77,13 @@ def feed(connection: Connection, pieces) -> bytes:
     out = []
     for piece in pieces:
         result = connection.receive_data(piece)
-        # Fresh objects the relay may keep, never views into the receive buffer.
-        assert all(isinstance(item, (bytes, bytearray)) for item in result)
-        out.extend(result)
+        while True:
+            # Fresh objects the relay may keep, never views into the receive buffer.
+            assert all(isinstance(item, (bytes, bytearray)) for item in result)
+            out.extend(result)
+            if not connection.input_pending:
+                break
+            result = connection.receive_more()
     return b"".join(out)
 
 
@@ -460,7 +464,7 @@ def test_text_is_held_until_the_message_is_complete():
     connection = Connection()
     assert connection.receive_data(client_frame(TEXT, b"par", fin=False)) == []
     assert connection.receive_data(client_frame(CONT, b"tial", fin=False)) == []
-    assert connection.receive_data(client_frame(CONT, b"!")) == [b"par", b"tial", b"!"]
+    assert connection.receive_data(client_frame(CONT, b"!")) == [b"partial!"]
 
 
 def test_text_up_to_the_size_limit_passes():
@@ -499,7 +503,7 @@ def test_payload_before_a_violation_in_the_same_call_is_returned():
               + client_frame(PING, b"x", masked=False) + client_frame(CONT, b"never"))
     assert_fails(stream, 1002, before=b"abc" + "é".encode() + b"defgh")
     connection = Connection()
-    assert connection.receive_data(stream) == [b"abc", "é".encode(), b"def", b"gh"]
+    assert b"".join(connection.receive_data(stream)) == b"abc" + "é".encode() + b"defgh"
     frames = replies(connection)
     assert frames == [(True, CLOSE, frames[0][2])]
 
@@ -600,6 +604,28 @@ def test_pong_is_ignored():
     assert connection.failure is None
 
 
+def test_a_ping_flood_queues_a_bounded_number_of_pongs():
+    # §5.5.3: "MAY elect to send a Pong frame for only the most recently
+    # processed Ping frame": the reply queue keeps the newest pongs, a
+    # bounded number, however many pings arrive while nothing can be written.
+    connection = Connection()
+    pings = b"".join(client_frame(PING, b"%d" % index) for index in range(20000))
+    assert connection.receive_data(pings) == []
+    assert replies(connection) == [(True, PONG, b"%d" % index)
+                                   for index in range(20000 - MAX_PENDING_PONGS, 20000)]
+    assert connection.data_to_send() == []
+    assert not connection.has_data_to_send
+
+
+def test_pongs_taken_between_pings_all_go_out():
+    connection = Connection()
+    sent = []
+    for payload in (b"a", b"b", b"c"):
+        connection.receive_data(client_frame(PING, payload))
+        sent.extend(replies(connection))
+    assert sent == [(True, PONG, b"a"), (True, PONG, b"b"), (True, PONG, b"c")]
+
+
 def test_no_pong_after_the_close_was_sent():
     connection = Connection()
     connection.send_close()
@@ -636,12 +662,21 @@ def test_base64_split_at_every_character_across_fragments():
 
 
 def test_base64_split_at_every_character_across_messages():
+    # Each message is decoded on its own: a cut inside a 4-character group
+    # leaves two messages that are not base64 (1007); a cut between groups
+    # leaves two that are.
     data = random.Random(65).randbytes(31)
     text = base64.b64encode(data)
     for cut in range(len(text) + 1):
         stream = client_frame(TEXT, text[:cut]) + client_frame(TEXT, text[cut:])
         for pieces in (whole, bytewise):
-            assert feed(Connection("base64"), pieces(stream)) == data, cut
+            connection = Connection("base64")
+            out = feed(connection, pieces(stream))
+            if cut % 4 == 0:
+                assert out == data and connection.failure is None, cut
+            else:
+                assert out == data[:cut // 4 * 3], cut
+                assert_closed_with(connection, 1007)
 
 
 def test_base64_text_is_decoded_as_it_arrives():
@@ -795,8 +830,8 @@ def test_close_sent_while_input_fails_is_still_one_close():
 def test_send_ping():
     connection = Connection()
     connection.send_ping(b"beat")
-    connection.send_ping()
-    assert connection.data_to_send() == [b"\x89\x04beat", b"\x89\x00"]
+    connection.send_ping()  # replaces the one not yet sent
+    assert connection.data_to_send() == [b"\x89\x00"]
     connection.send_ping(b"p" * 300)
     frames = replies(connection)
     assert frames[0][1] == PING and len(frames[0][2]) <= 125
@@ -813,3 +848,98 @@ def test_data_to_send_keeps_order_of_pongs_and_close():
     assert replies(connection) == [(True, PONG, b"1"), (True, PONG, b"2"),
                                    (True, CLOSE, b"\x03\xe8")]
     assert connection.data_to_send() == []
+
+
+# -- one atomic step: the close-sent check and the queueing of a control frame ------------------
+
+
+class RacingConnection(Connection):
+    """Runs a competing ``send_close`` (another thread's) the moment ``close_sent`` is read.
+
+    The competitor runs only if ``_close_lock`` would let a thread in at
+    that point: where the check and the queueing are one step under that
+    lock, it cannot get between them; where they are not, it does, which is
+    the interleaving two real threads hit under load.
+    """
+
+    armed = False
+
+    @property
+    def close_sent(self):
+        value = self.__dict__.get("_close_sent_flag", False)
+        if self.armed and not self._close_lock.locked():
+            self.armed = False
+            self.send_close(1001)
+        return value
+
+    @close_sent.setter
+    def close_sent(self, value):
+        self.__dict__["_close_sent_flag"] = value
+
+
+def wire_order(connection: Connection):
+    """Every control frame the connection would write, in order, until nothing is left."""
+    frames = replies(connection)
+    connection.send_close(1001)  # the competitor, if it did not run yet
+    return frames + replies(connection)
+
+
+def test_a_pong_never_follows_the_close():
+    connection = RacingConnection()
+    connection.armed = True
+    connection.receive_data(client_frame(PING, b"late"))
+    frames = wire_order(connection)
+    closes = [index for index, frame in enumerate(frames) if frame[1] == CLOSE]
+    assert len(closes) == 1 and closes[0] == len(frames) - 1, frames
+
+
+def test_a_heartbeat_ping_never_follows_the_close():
+    connection = RacingConnection()
+    connection.armed = True
+    connection.send_ping(b"beat")
+    frames = wire_order(connection)
+    closes = [index for index, frame in enumerate(frames) if frame[1] == CLOSE]
+    assert len(closes) == 1 and closes[0] == len(frames) - 1, frames
+
+
+# -- base64: each message on its own --------------------------------------------------------------
+
+
+def test_base64_message_that_is_not_whole_is_1007():
+    # "QQ" then "QkNE": before, the decoder carried "QQ" into the next message
+    # and the target got b"A\x04\x1a" instead of an error.
+    connection = Connection("base64")
+    out = connection.receive_data(client_frame(TEXT, b"QQ") + client_frame(TEXT, b"QkNE"))
+    assert out == []
+    assert_closed_with(connection, 1007)
+
+
+def test_base64_message_split_across_fragments_is_one_message():
+    connection = Connection("base64")
+    stream = (client_frame(TEXT, b"Q", fin=False) + client_frame(CONT, b"kN", fin=False)
+              + client_frame(CONT, b"E") + client_frame(TEXT, b"QQ=", fin=False)
+              + client_frame(CONT, b"="))
+    for pieces in (whole, bytewise):
+        assert feed(Connection("base64"), pieces(stream)) == b"BCDA"
+    assert connection.failure is None
+
+
+# -- bounded buffers --------------------------------------------------------------------------------
+
+
+def test_text_in_one_byte_fragments_is_one_buffer():
+    # One growing buffer, handed on whole: not an object per fragment.
+    size = 5000
+    stream = (client_frame(TEXT, b"a", fin=False) + client_frame(CONT, b"a", fin=False) * (size - 2)
+              + client_frame(CONT, b"a"))
+    connection = Connection()
+    out = connection.receive_data(stream)
+    assert len(out) == 1 and out[0] == b"a" * size
+
+
+def test_a_run_of_tiny_binary_frames_is_one_buffer():
+    # Each 1-byte frame as its own object would cost ~40 bytes per byte.
+    size = 5000
+    stream = client_frame(BINARY, b"b", fin=False) + client_frame(CONT, b"b", fin=False) * (size - 1)
+    out = Connection().receive_data(stream)
+    assert len(out) == 1 and out[0] == b"b" * size

@@ -578,3 +578,43 @@ def test_parse_extensions_keeps_names_params_and_quoted_values():
 def test_window_setting_out_of_range_is_clamped():
     assert negotiate("permessage-deflate", 30).compress_window_bits == 15
     assert negotiate("permessage-deflate", 3).compress_window_bits == 9
+
+
+# -- many messages that inflate to the limit, in one receive ------------------------------
+
+
+def test_one_receive_of_bombs_comes_out_in_bounded_steps():
+    # Before, everything one receive inflated was returned at once: 600 such
+    # messages in one receive held ~600 MiB.  Now a receive pauses once it has
+    # handed out OUTPUT_STEP bytes (plus the message that crossed it).
+    from wsproxy.protocol.connection import OUTPUT_STEP
+    size = 256 * 1024 - 1
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = compressor.compress(b"\0" * size) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    frame = client_frame(BINARY, body[:-4], rsv=RSV1)
+    count = 40
+    connection = deflate_connection(max_message_size=size + 1, client_no_context_takeover=True)
+    steps = [connection.receive_data(frame * count)]
+    while connection.input_pending:
+        steps.append(connection.receive_more())
+    sizes = [sum(len(chunk) for chunk in step) for step in steps]
+    assert sum(sizes) == count * size
+    assert max(sizes) <= OUTPUT_STEP + size
+    assert len(steps) > 1 and connection.failure is None
+
+
+def test_feeding_while_input_is_pending_keeps_the_order():
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    frames = b""
+    for byte in b"abc":
+        data = bytes([byte]) * (100 * 1024)
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        frames += client_frame(BINARY, body[:-4], rsv=RSV1)
+    connection = deflate_connection(client_no_context_takeover=True)
+    out = connection.receive_data(frames[:len(frames) - 10])
+    assert connection.input_pending
+    out += connection.receive_data(frames[len(frames) - 10:])  # without receive_more first
+    while connection.input_pending:
+        out += connection.receive_more()
+    assert b"".join(out) == b"a" * 102400 + b"b" * 102400 + b"c" * 102400

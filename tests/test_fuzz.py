@@ -888,15 +888,16 @@ _BASE64_START = re.compile(rb"[A-Za-z0-9+/]{0,3}|[A-Za-z0-9+/]{2}=")
 
 
 class Base64Text:
-    """The client's base64 text stream, read group by group (RFC 4648 §4).
+    """The base64 text of the client's messages, read group by group (RFC 4648 §4).
 
-    Messages may be padded each on its own, so a padded group may appear
-    anywhere in the stream, and a group may be split across frames and
-    messages.
+    Each message is base64 on its own: a group may be split across the
+    frames of one message, never across messages, and a padded group ends
+    its message.
     """
 
     def __init__(self) -> None:
         self.pending = b""
+        self.padded = False
 
     def feed(self, text: bytes) -> Tuple[bytes, bool]:
         """Decode the whole groups of ``text``; return ``(decoded, still_valid)``.
@@ -908,12 +909,20 @@ class Base64Text:
         at = 0
         while len(data) - at >= 4:
             group = data[at:at + 4]
-            if not _BASE64_GROUP.fullmatch(group):
+            if self.padded or not _BASE64_GROUP.fullmatch(group):
                 return bytes(out), False
             out += base64.b64decode(group)
+            self.padded = group.endswith(b"=")
             at += 4
         self.pending = data[at:]
-        return bytes(out), _BASE64_START.fullmatch(self.pending) is not None
+        valid = _BASE64_START.fullmatch(self.pending) is not None
+        return bytes(out), valid and not (self.padded and self.pending)
+
+    def end_message(self) -> bool:
+        """End a message; True if it ended on a whole group."""
+        whole = not self.pending
+        self.pending, self.padded = b"", False
+        return whole
 
 
 def expected_outcome(frames: Sequence[FrameSpec], base64_mode: bool = False) -> Expected:
@@ -968,6 +977,9 @@ def expected_outcome(frames: Sequence[FrameSpec], base64_mode: bool = False) -> 
             if spec.fin:
                 if message == _TEXT and not base64_mode:
                     data += b"".join(text_parts)
+                if message == _TEXT and base64_mode and not base64_text.end_message():
+                    return Expected(frozenset([1007]), False, pongs, bytes(data),
+                                    "%s: message not whole base64" % spec.label)
                 message = None
             continue
         if not spec.complete:

@@ -440,3 +440,43 @@ def test_send_ping_does_nothing():
     assert connection.send_ping(b"x") is None
     assert connection.data_to_send() == []
     assert not connection.close_sent
+
+
+class RacingHixieConnection(HixieConnection):
+    """Runs a competing ``send_close`` (the target side's) the moment ``close_sent`` is read.
+
+    The competitor runs only where no close lock is held at that point, the
+    interleaving two real threads hit when the check and the queueing are
+    not one step.
+    """
+
+    armed = False
+
+    @property
+    def close_sent(self):
+        value = self.__dict__.get("_close_sent_flag", False)
+        lock = self.__dict__.get("_close_lock")
+        if self.armed and (lock is None or not lock.locked()):
+            self.armed = False
+            self.send_close()
+        return value
+
+    @close_sent.setter
+    def close_sent(self, value):
+        self.__dict__["_close_sent_flag"] = value
+
+
+def test_client_close_racing_a_target_close_queues_one_close():
+    connection = RacingHixieConnection()
+    connection.armed = True
+    assert connection.receive_data(b"\xff\x00") == []
+    connection.send_close()
+    assert b"".join(connection.data_to_send()) == CLOSE_FRAME
+
+
+def test_failure_racing_a_target_close_queues_one_close():
+    connection = RacingHixieConnection()
+    connection.armed = True
+    connection.receive_data(b"\x00Q!==\xff")
+    assert connection.failure is not None and connection.failure.code == 1007
+    assert b"".join(connection.data_to_send()) == CLOSE_FRAME

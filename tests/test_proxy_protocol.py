@@ -103,9 +103,10 @@ VALID = {
     "v2-unix": (V2_UNIX, ProxyHeader(
         2, Command.PROXY, Family.UNIX, Transport.STREAM, "/run/client.sock", "/run/wsproxy.sock",
         232)),
-    "v2-tlvs-skipped": (V2_WITH_TLVS, ProxyHeader(
+    "v2-tlvs": (V2_WITH_TLVS, ProxyHeader(
         2, Command.PROXY, Family.INET, Transport.STREAM, ("198.51.100.7", 50000),
-        ("192.0.2.1", 443), 28 + 11 + 14 + 8)),
+        ("192.0.2.1", 443), 28 + 11 + 14 + 8,
+        ((0x01, b"http/1.1"), (0x02, b"example.org"), (0x04, b"\0" * 5)))),
     "v2-local": (V2_LOCAL, ProxyHeader(
         2, Command.LOCAL, Family.UNSPEC, Transport.UNSPEC, None, None, 16)),
     # §2.2: "Receivers MUST always consider this field to skip the appropriate
@@ -527,3 +528,128 @@ def test_unix_listener_takes_the_header_from_any_peer(make_target, wsproxy_log, 
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- the writer: build_header, byte for byte, and back through the reader -----------------
+
+from wsproxy.protocol.proxy_protocol import (  # noqa: E402
+    SSLClient, SSLSubtype, TLVType, build_header, encode_tlvs, parse_tlvs, ssl_tlv)
+
+
+def read_back(data: bytes) -> ProxyHeader:
+    """Parse ``data`` fed one byte at a time; it must be exactly one header."""
+    reader = ProxyHeaderReader()
+    for index in range(len(data) - 1):
+        assert reader.feed(data[index:index + 1]) == 1
+        assert reader.header is None, "the header ended before its last byte"
+    # The last byte comes with the client's request: only the header's byte is taken.
+    assert reader.feed(data[-1:] + REQUEST) == 1
+    assert reader.header is not None and reader.header.length == len(data)
+    return reader.header
+
+
+@pytest.mark.parametrize("source, destination, expected", [
+    (("192.168.0.1", 56324), ("192.168.0.11", 443), SPEC_V1_EXAMPLE),
+    (("2001:db8::1", 0), ("::1", 65535), b"PROXY TCP6 2001:db8::1 ::1 0 65535\r\n"),
+    (("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
+     ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), V1_TCP6_LONGEST),
+    # A dual-stack listener's IPv4 peer is an IPv4 client.
+    (("::ffff:203.0.113.9", 40000), ("::ffff:127.0.0.1", 8080),
+     b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 8080\r\n"),
+    # One header, one family: the IPv4 end is mapped into IPv6 (RFC 5952 §5
+    # text, the same from every Python version).
+    (("203.0.113.9", 0), ("::1", 8080), b"PROXY TCP6 ::ffff:203.0.113.9 ::1 0 8080\r\n"),
+    (("fe80::1%eth0", 1), ("fe80::2%eth0", 2), b"PROXY TCP6 fe80::1 fe80::2 1 2\r\n"),
+])
+def test_v1_header_bytes_and_round_trip(source, destination, expected):
+    data = build_header(1, source, destination)
+    assert data == expected
+    header = read_back(data)
+    assert (header.version, header.command, header.transport) == (1, Command.PROXY,
+                                                                  Transport.STREAM)
+    assert header.source[1] == source[1] and header.destination[1] == destination[1]
+
+
+@pytest.mark.parametrize("source, destination", [
+    ("", ("127.0.0.1", 80)),                      # a Unix socket client (unnamed)
+    ("/run/client.sock", "/run/wsproxy.sock"),     # Unix socket paths
+    (None, None),
+    (("example.org", 1), ("127.0.0.1", 80)),       # not an IP address
+    (("127.0.0.1", 70000), ("127.0.0.1", 80)),     # not a port
+    (("127.0.0.1", 1), None),
+])
+def test_unknown_addresses_are_v1_unknown_and_v2_local(source, destination):
+    assert build_header(1, source, destination) == V1_UNKNOWN_SHORT
+    assert read_back(build_header(1, source, destination)).client_address is None
+    data = build_header(2, source, destination, [(TLVType.UNIQUE_ID, b"7")])
+    assert data == V2_SIGNATURE + b"\x20\x00\x00\x04" + b"\x05\x00\x017"
+    header = read_back(data)
+    assert header.command is Command.LOCAL and header.client_address is None
+    assert header.tlv(TLVType.UNIQUE_ID) == b"7"
+
+
+def test_v2_tcp4_header_is_what_haproxy_sends():
+    assert build_header(2, ("172.19.0.1", 42578), ("172.19.0.3", 80)) == V2_TCP4_CAPTURED
+
+
+def test_v2_tcp6_header_matches_the_specification_layout():
+    assert build_header(2, ("2001:db8::1", 4711), ("2001:db8::2", 443)) == V2_TCP6
+    mixed = build_header(2, ("::ffff:192.0.2.9", 5), ("192.0.2.1", 6))
+    assert mixed == v2_inet("192.0.2.9", "192.0.2.1", 5, 6)
+
+
+def test_v2_tlvs_round_trip_in_order():
+    tlvs = [(TLVType.AUTHORITY, b"example.org"), (TLVType.UNIQUE_ID, b"12345"),
+            ssl_tlv("TLSv1.3", "TLS_AES_128_GCM_SHA256", "alice", client_certificate=True)]
+    data = build_header(2, ("198.51.100.7", 50000), ("192.0.2.1", 443), tlvs)
+    assert data == v2_inet("198.51.100.7", "192.0.2.1", 50000, 443,
+                           tlvs=b"".join(tlv(kind, value) for kind, value in tlvs))
+    header = read_back(data)
+    assert header.source == ("198.51.100.7", 50000)
+    assert header.tlvs == tuple(tlvs)
+    assert header.tlv(TLVType.AUTHORITY) == b"example.org"
+    assert header.tlv(TLVType.ALPN) is None
+    ssl_value = header.tlv(TLVType.SSL)
+    # §2.2.6: client bits, a 4-byte verify (0: verified), then sub-TLVs.
+    assert ssl_value[0] == SSLClient.SSL | SSLClient.CERT_CONN
+    assert ssl_value[1:5] == b"\0\0\0\0"
+    assert parse_tlvs(ssl_value[5:]) == ((SSLSubtype.VERSION, b"TLSv1.3"),
+                                        (SSLSubtype.CIPHER, b"TLS_AES_128_GCM_SHA256"),
+                                        (SSLSubtype.CN, b"alice"))
+
+
+def test_ssl_tlv_without_a_client_certificate_says_not_verified():
+    kind, value = ssl_tlv("TLSv1.2")
+    assert kind == TLVType.SSL
+    assert value == bytes([SSLClient.SSL]) + b"\0\0\0\x01" + tlv(SSLSubtype.VERSION, b"TLSv1.2")
+
+
+def test_v1_ignores_tlvs():
+    assert build_header(1, ("192.168.0.1", 56324), ("192.168.0.11", 443),
+                        [(TLVType.UNIQUE_ID, b"1")]) == SPEC_V1_EXAMPLE
+
+
+@pytest.mark.parametrize("call", [
+    lambda: build_header(3, ("1.2.3.4", 1), ("1.2.3.4", 2)),
+    lambda: build_header(2, ("1.2.3.4", 1), ("1.2.3.4", 2), [(TLVType.NOOP, bytes(65536))]),
+    lambda: build_header(2, ("1.2.3.4", 1), ("1.2.3.4", 2),
+                         [(TLVType.NOOP, bytes(40000)), (TLVType.NOOP, bytes(40000))]),
+    lambda: encode_tlvs([(256, b"")]),
+])
+def test_writer_refuses_what_does_not_fit(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+@pytest.mark.parametrize("block", [b"\x05", b"\x05\x00", b"\x05\x00\x02x"])
+def test_tlv_running_past_the_header_is_refused(block):
+    with pytest.raises(ProxyHeaderError, match="TLV"):
+        parse_header(v2_inet("192.0.2.9", "192.0.2.1", 1, 2, tlvs=block))
+    with pytest.raises(ProxyHeaderError, match="TLV"):
+        parse_tlvs(block)
+
+
+def test_tlvs_of_a_header_whose_addresses_are_ignored_are_kept_only_when_they_parse():
+    assert parse_header(v2(0x0, 0x00, b"\x05\x00\x01x")).tlvs == ((5, b"x"),)
+    assert parse_header(v2(0x0, 0x11, bytes(12) + b"\x05\x00\x01x")).tlvs == ((5, b"x"),)
+    assert parse_header(v2(0x0, 0x00, b"\x05\x00\x09x")).tlvs == ()

@@ -189,10 +189,22 @@ def test_base64_chunk_split_across_fragments(proxy, echo_target):
         close_cleanly(ws)
 
 
-def test_base64_chunk_split_across_messages(proxy, echo_target):
+def test_base64_message_that_is_not_whole_is_1007(proxy, echo_target, wsproxy_log):
+    # Each message is base64 on its own: "QQ" is not, and must not be joined
+    # to the next message (before, the target got b"A\x04\x1a" from "QQ" + "QkNE").
     with proxy().session(protocols=["base64"]) as ws:
-        ws.send_text("QU")
-        ws.send_text("JD")
+        ws.send_text("QQ")
+        ws.send_text("QkNE", tolerate_close=True)
+        assert ws.recv_close()[0] == 1007
+        ws.expect_closed()
+    wsproxy_log.wait_for(lambda text: "close 1007" in text and "base64" in text)
+    assert echo_target.wait_connection().received_bytes() == b""
+
+
+def test_base64_group_split_across_fragments(proxy, echo_target):
+    with proxy().session(protocols=["base64"]) as ws:
+        ws.send_text("QU", fin=False)
+        ws.send_continuation("JD")
         assert ws.recv_stream(3, decode_base64=True) == b"ABC"
         close_cleanly(ws)
 
@@ -219,7 +231,8 @@ def test_base64_split_at_random_places(proxy, echo_target):
                 piece = encoded[position:position + step]
                 position += len(piece)
                 last = position >= len(encoded)
-                fin = last or chooser.random() < 0.5
+                # A message ends only where its base64 is whole (each is decoded on its own).
+                fin = last or (position % 4 == 0 and chooser.random() < 0.5)
                 if open_message:
                     ws.send_continuation(piece, fin=fin)
                 else:
@@ -628,3 +641,65 @@ def test_protocol_error_is_logged_without_traceback(proxy, echo_target, wsproxy_
     wsproxy_log.wait_for(lambda text: str(client_port) in text and "1002" in text,
                          what="a log line for the session closed with 1002")
     wsproxy_log.assert_no_traceback()
+
+
+# -- the close handshake ends the client's TCP connection at once ------------------------
+
+
+class HoldingTarget:
+    """A one-connection target that reads to the proxy's EOF and then keeps its side open."""
+
+    def __init__(self) -> None:
+        import socket
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.eof = threading.Event()
+        self.sock = None
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="holding-target")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.sock, _ = self.listener.accept()
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                self.received += data
+        except OSError:
+            return
+        self.eof.set()
+
+    def stop(self) -> None:
+        import socket
+        for sock in (self.listener, self.sock):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+        self.thread.join(5.0)
+
+
+def test_client_connection_ends_right_after_the_close_echo(proxy):
+    # RFC 6455 §5.5.1: after sending and receiving a close frame the server
+    # MUST close the TCP connection immediately; the target, which has not
+    # closed, finishes on its own and loses none of the bytes sent before.
+    target = HoldingTarget()
+    try:
+        payload = os.urandom(300 * KIB)
+        with proxy(target_port=target.port).session(protocols=["binary"]) as ws:
+            ws.send_binary(payload)
+            ws.send_close(1000)
+            assert ws.recv_close(timeout=2.0)[0] == 1000
+            # The target holds its side open: before, the client waited for
+            # the target's EOF (up to 5 s) to see its own.
+            ws.expect_closed(timeout=1.0)
+        wait_until(target.eof.is_set, 5.0, "the target to see the proxy's EOF")
+        assert bytes(target.received) == payload
+    finally:
+        target.stop()

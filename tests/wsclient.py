@@ -256,12 +256,16 @@ class WSClient:
     """
 
     def __init__(self, port: int, host: str = "127.0.0.1",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, sock: Optional[socket.socket] = None) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:  # already connected (e.g. AF_UNIX): use it as it is
+            self.sock = sock
+            sock.settimeout(timeout)
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buffer = bytearray()
         self._fragments = []  # type: List[bytes]
         self._fragment_opcode = None  # type: Optional[int]

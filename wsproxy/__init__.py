@@ -19,6 +19,7 @@ Importing wsproxy touches no signal, logging handler, working directory or
 """
 
 from .handler import ProxyRequestHandler
+from .plugins import AuthenticationError, BasePlugin
 from .protocol.errors import HandshakeError, ProtocolError
 from .protocol.frames import CloseCode
 from .protocol.handshake import Request
@@ -30,6 +31,8 @@ from .targets import Target
 __version__ = "1.0.0"
 
 __all__ = [
+    "AuthenticationError",
+    "BasePlugin",
     "CloseCode",
     "ConfigError",
     "HandshakeError",

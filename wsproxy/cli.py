@@ -25,13 +25,14 @@ import logging.handlers
 import os
 import select
 import signal
+import socket
 import stat
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__, config, daemon, redact, service, workers
+from . import __version__, config, daemon, redact, service, workers, wrap
 from .config import OPTIONS, Option
 from .server import ProxyServer, UnixProxyServer
 from .settings import ConfigError, Settings
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsproxy",
         description="Relay WebSocket clients to a TCP service.  With --unix-listen give only "
                     "TARGET; with --token-source (or --unix-target) TARGET may be left out.",
-        usage="%(prog)s [options] [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT")
+        usage="%(prog)s [options] [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT\n"
+              "       %(prog)s [options] [LISTEN_HOST:]LISTEN_PORT -- COMMAND [ARG...]")
     parser.add_argument("listen", metavar="[LISTEN_HOST:]LISTEN_PORT", nargs="?",
                         help="where to listen (HOST may be [IPv6]; no HOST = every address)")
     parser.add_argument("target", metavar="TARGET_HOST:TARGET_PORT", nargs="?",
@@ -133,11 +135,17 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
     Raises :class:`ConfigError` with a one-line message naming the option,
     or the file and line; argparse itself exits 2 on malformed syntax.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, command = split_wrap_command(argv)
+    # Intermixed: options may stand between and after the positionals
+    # (``wsproxy 6080 --heartbeat 30 host:5900``), as websockify allows.
+    args = build_parser().parse_intermixed_args(argv)
     values: Dict[str, Any] = {}
     if args.config:
         values = config.read_config_file(args.config)
     options = _option_values(args)
+    if command:
+        options["wrap_command"] = command
     options.update(_positional_values(args.listen, args.target, dict(values, **options)))
     # The command line replaces what the file said about the same thing.
     if {"target_host", "unix_target"} & set(options):
@@ -147,8 +155,20 @@ def parse_command_line(argv: Optional[List[str]] = None) -> Tuple[Settings, bool
         values.pop("verbose", None)
         values.pop("quiet", None)
     values.update(options)
+    if args.token_source is not None and values.get("token_plugin"):
+        # A plugin's argument is read as that plugin reads it (TokenRedis's host:port).
+        values["token_source"] = config.token_source_for(args.token_source, "",
+                                                         values["token_plugin"])
     _check_complete(values)
     return Settings(**values), args.print_config
+
+
+def split_wrap_command(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """``[..., "--", COMMAND, ...]`` -> (the arguments before, the command after)."""
+    if "--" not in argv:
+        return argv, []
+    index = argv.index("--")
+    return argv[:index], argv[index + 1:]
 
 
 def settings_from_args(argv: Optional[List[str]] = None) -> Settings:
@@ -206,7 +226,11 @@ def _check_complete(values: Dict[str, Any]) -> None:
     if (not values.get("unix_listen") and "listen_port" not in values
             and not _inherits_listener(values)):
         raise ConfigError("listen: missing [LISTEN_HOST:]LISTEN_PORT (or --unix-listen PATH)")
-    if not (values.get("target_host") or values.get("unix_target") or values.get("token_source")):
+    if values.get("wrap_command"):
+        if values.get("target_host") or values.get("unix_target"):
+            raise ConfigError("target: give either TARGET_HOST:TARGET_PORT or -- COMMAND, not both")
+    elif not (values.get("target_host") or values.get("unix_target") or values.get("token_source")
+              or values.get("token_plugin")):
         raise ConfigError("target: missing TARGET_HOST:TARGET_PORT "
                           "(or --unix-target PATH, or --token-source)")
     if values.get("verbose") and values.get("quiet"):
@@ -441,7 +465,27 @@ def make_server(settings: Settings) -> ProxyServer:
     """Bind the listening socket ``settings`` describe (TCP, or ``--unix-listen``)."""
     if settings.unix_listen:
         return UnixProxyServer(settings.unix_listen, settings)
-    return ProxyServer((settings.listen_host, settings.listen_port), settings)
+    return ProxyServer((listen_host(settings), settings.listen_port), settings)
+
+
+def listen_host(settings: Settings) -> str:
+    """The address to bind: LISTEN_HOST, or with ``--prefer-ipv6`` its IPv6 address.
+
+    As websockify's ``-6``: a name with IPv4 and IPv6 addresses binds the
+    IPv6 one, and no LISTEN_HOST binds ``::`` (both kinds, where the
+    system allows) instead of every IPv4 address.
+    """
+    host = settings.listen_host
+    if not settings.prefer_ipv6:
+        return host
+    if not host:
+        return "::"
+    try:
+        found = socket.getaddrinfo(host, settings.listen_port, socket.AF_INET6,
+                                   socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return host  # no IPv6 address: bind what the name gives
+    return found[0][4][0] if found else host
 
 
 def open_listener(settings: Settings) -> ProxyServer:
@@ -466,12 +510,31 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     try:
         settings, print_config = parse_command_line(argv)
-        if print_config:
-            sys.stdout.write(config.format_config(settings))
-            return 0
+    except ConfigError as exc:
+        return _fail(exc, 2)
+    if print_config:
+        sys.stdout.write(config.format_config(settings))
+        return 0
+    return run(settings)
+
+
+#: ``announce(settings, server)``: a front door's start-up lines, logged once serving.
+Announce = Callable[[Settings, ProxyServer], None]
+
+
+def run(settings: Settings, announce: Optional[Announce] = None) -> int:
+    """Serve ``settings`` until stopped, as the command line does; returns the exit status.
+
+    Every front door (``wsproxy``, ``wsproxy-websockify``) ends here with
+    the :class:`Settings` it built; ``announce`` adds the door's own
+    start-up lines (default: "listening on ..., relaying to ...").
+    """
+    try:
         check_input_files(settings)
         identity = service.resolve(settings)
         handlers = build_log_handlers(settings)
+        if settings.wrap_command and settings.workers > 1:
+            raise ConfigError("--workers: a wrapped command runs once; use --workers 1")
     except ConfigError as exc:
         return _fail(exc, 2)
     threading.stack_size(THREAD_STACK_SIZE)
@@ -480,7 +543,7 @@ def _main(argv: Optional[List[str]]) -> int:
     # Handlers first: a SIGHUP or SIGTERM as soon as the port listens must not kill us.
     signals = SignalInbox()
     try:
-        return _start(settings, handlers, signals, identity, notifier)
+        return _start(settings, handlers, signals, identity, notifier, announce)
     finally:
         signals.close()
         notifier.close()
@@ -488,7 +551,11 @@ def _main(argv: Optional[List[str]]) -> int:
 
 def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalInbox,
            identity: Optional[service.Identity] = None,
-           notifier: Optional[service.Notifier] = None) -> int:
+           notifier: Optional[service.Notifier] = None,
+           announce: Optional[Announce] = None) -> int:
+    if settings.wrap_command:
+        settings = settings.replace(target_host=wrap.HOST, target_port=wrap.pick_port(),
+                                    unix_target=None)
     try:
         server = open_listener(settings)
     except ConfigError as exc:
@@ -499,6 +566,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
     if not settings.foreground:
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
+    service.raise_open_file_limit()  # before --workers fork: they inherit it
     try:
         if settings.pid_file:
             daemon.write_pid_file(settings.pid_file)
@@ -513,7 +581,8 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
             _drop_privileges(server, settings, identity)
         if settings.workers > 1:
             return _supervise(server, settings, handlers, ready_pipe, notifier)
-        return _serve(server, settings, handlers, signals, ready_pipe, notifier=notifier)
+        return _serve(server, settings, handlers, signals, ready_pipe, notifier=notifier,
+                      announce=announce)
     except service.PrivilegeError as exc:
         server.server_close()
         if ready_pipe is not None:
@@ -585,8 +654,8 @@ def check_input_files(settings: Settings) -> None:
     """Fail early, naming the option, when a file wsproxy must read is missing."""
     for field, want_directory in INPUT_FILES:
         path = getattr(settings, field)
-        if not path or (field == "token_source" and "://" in path):
-            continue
+        if not path or (field == "token_source" and ("://" in path or settings.token_plugin)):
+            continue  # a URL, or a plugin's argument: the plugin checks it at start
         name = config.OPTION_FOR_FIELD[field].key
         if not os.path.exists(path):
             raise ConfigError("--%s: no such file or directory: %s" % (name, path))
@@ -603,36 +672,83 @@ def _fail(message: object, status: int) -> int:
 def _serve(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
            signals: SignalInbox, ready_pipe: Optional[int],
            parent_pid: Optional[int] = None,
-           notifier: Optional[service.Notifier] = None) -> int:
+           notifier: Optional[service.Notifier] = None,
+           announce: Optional[Announce] = None) -> int:
     """Serve until a stop signal or a lifetime limit; returns the exit status (0).
 
     A worker passes its supervisor's ``parent_pid``: if the supervisor dies
     without passing a signal on (SIGKILL), the worker stops by itself
     rather than serve on as an orphan nobody can stop with the pid file.
+    With ``-- COMMAND`` the wrapped program runs (and is stopped) around
+    the serving, and its exit may end it (``--wrap-mode``).
     """
+    wrapped = None
+    if settings.wrap_command:
+        wrapped = wrap.WrappedProgram(settings.wrap_command, settings.target_port,
+                                      settings.wrap_mode)
+        try:
+            wrapped.start()
+        except OSError as exc:
+            server.server_close()
+            message = "cannot run %s: %s" % (settings.wrap_command[0], exc.strerror or exc)
+            if ready_pipe is not None:
+                daemon.report_ready(ready_pipe, message)
+                return 1
+            return _fail(message, 1)
+    try:
+        if wrapped is not None:
+            status = _await_wrapped(wrapped, signals)
+            if status is not None:
+                server.server_close()
+                if ready_pipe is not None:
+                    daemon.report_ready(ready_pipe, "the wrapped command exited before it listened")
+                return status
+        return _serve_started(server, settings, handlers, signals, ready_pipe, parent_pid,
+                              notifier, announce, wrapped)
+    finally:
+        if wrapped is not None:
+            wrapped.stop()
+
+
+def _serve_started(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
+                   signals: SignalInbox, ready_pipe: Optional[int], parent_pid: Optional[int],
+                   notifier: Optional[service.Notifier], announce: Optional[Announce],
+                   wrapped: Optional[wrap.WrappedProgram]) -> int:
     serving = threading.Thread(target=server.serve_forever, name="wsproxy-accept", daemon=True)
     serving.start()
     lifecycle = service.Lifecycle(server, notifier)
     lifecycle.start_followers()
-    logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
-                _target_text(settings))
+    if announce is not None:
+        announce(settings, server)
+    else:
+        logger.info("listening on %s, relaying to %s", _listen_text(settings, server),
+                    _target_text(settings))
     logger.debug("options in effect (besides the defaults): %s", _changed_options(settings))
     if ready_pipe is not None:
         daemon.report_ready(ready_pipe)
     lifecycle.started(serving)
     try:
-        return _main_loop(server, settings, handlers, signals, parent_pid, lifecycle)
+        return _main_loop(server, settings, handlers, signals, parent_pid, lifecycle, wrapped)
     finally:
         lifecycle.stopping()
 
 
 def _main_loop(server: ProxyServer, settings: Settings, handlers: List[logging.Handler],
                signals: SignalInbox, parent_pid: Optional[int],
-               lifecycle: service.Lifecycle) -> int:
+               lifecycle: service.Lifecycle,
+               wrapped: Optional[wrap.WrappedProgram] = None) -> int:
     """Wait for signals and lifetime limits; returns the exit status once stopped."""
     lifetime = _Lifetime(settings, time.monotonic())
     while True:
         wait = lifetime.next_wait(time.monotonic())
+        if wrapped is not None:
+            wait = WRAP_CHECK_INTERVAL if wait is None else min(wait, WRAP_CHECK_INTERVAL)
+            status = wrapped.check(time.monotonic())
+            if status is not None:
+                logger.info("exiting with the wrapped command's status %d", status)
+                lifecycle.stopping("the wrapped command exited")
+                _stop(server)
+                return status
         if parent_pid is not None:
             wait = PARENT_CHECK_INTERVAL if wait is None else min(wait, PARENT_CHECK_INTERVAL)
             if os.getppid() != parent_pid:
@@ -649,16 +765,48 @@ def _main_loop(server: ProxyServer, settings: Settings, handlers: List[logging.H
                             signal.Signals(signum).name, server.open_sessions)
                 lifecycle.stopping("%s: closing sessions" % signal.Signals(signum).name)
                 return _stop(server)
-        verdict = lifetime.check(time.monotonic(), server.open_sessions)
+        verdict = lifetime.check(time.monotonic(), server.open_sessions,
+                                 getattr(server, "sessions_started", 0))
         if verdict == "stop accepting":
-            logger.info("--timeout %s: no longer accepting; exiting once no session is open",
-                        config.format_number(settings.timeout))
-            lifecycle.stopping("--timeout: no longer accepting")
+            if settings.run_once:
+                logger.info("--run-once: no longer accepting; exiting once the session ends")
+                lifecycle.stopping("--run-once: no longer accepting")
+            else:
+                logger.info("--timeout %s: no longer accepting; exiting once no session is open",
+                            config.format_number(settings.timeout))
+                lifecycle.stopping("--timeout: no longer accepting")
             server.stop_accepting()  # leaves open sessions running
         elif verdict:
             logger.info("exiting: %s", verdict)
             lifecycle.stopping(verdict)
             return _stop(server)
+
+
+#: How often the main loop looks after a wrapped command (seconds).
+WRAP_CHECK_INTERVAL = 0.1
+
+
+def _await_wrapped(wrapped: wrap.WrappedProgram, signals: SignalInbox) -> Optional[int]:
+    """Wait until the wrapped program listens (or a while); an exit status to stop with, or None.
+
+    A stop signal while waiting stops wsproxy (status 0).  A program that
+    exits first is handled as ``--wrap-mode`` says; one that neither exits
+    nor listens within :data:`wrap.READY_TIMEOUT` gets a warning, and
+    wsproxy serves anyway (sessions fail until it listens).
+    """
+    deadline = time.monotonic() + wrap.READY_TIMEOUT
+    while not wrapped.listening():
+        for signum in signals.wait(0.02):
+            if signum != RELOAD_SIGNAL:
+                return 0
+        status = wrapped.check(time.monotonic())
+        if status is not None:
+            return status
+        if time.monotonic() >= deadline:
+            logger.warning("the wrapped command does not listen on port %d after %.0f s; "
+                           "serving anyway", wrapped.port, wrap.READY_TIMEOUT)
+            return None
+    return None
 
 
 class _Lifetime:
@@ -672,6 +820,7 @@ class _Lifetime:
     def __init__(self, settings: Settings, started: float) -> None:
         self.timeout = settings.timeout
         self.idle_timeout = settings.idle_timeout
+        self.run_once = settings.run_once
         self.started = started
         self.accepting = True
         self.idle_since: Optional[float] = started
@@ -681,12 +830,17 @@ class _Lifetime:
         waits = []
         if self.timeout and self.accepting:
             waits.append(max(0.0, self.started + self.timeout - now))
-        if self.idle_timeout or not self.accepting:
+        if self.idle_timeout or self.run_once or not self.accepting:
             waits.append(min(IDLE_CHECK_INTERVAL, self.idle_timeout or IDLE_CHECK_INTERVAL))
         return min(waits) if waits else None
 
-    def check(self, now: float, open_sessions: int) -> str:
+    def check(self, now: float, open_sessions: int, sessions_started: int = 0) -> str:
         """"" to go on, "stop accepting", or the reason to exit."""
+        if self.run_once and sessions_started and self.accepting:
+            self.accepting = False
+            return "stop accepting"
+        if self.run_once and not self.accepting and open_sessions == 0:
+            return "--run-once: the session ended"
         if self.accepting and self.timeout and now - self.started >= self.timeout:
             self.accepting = False
             return "stop accepting"
@@ -736,8 +890,15 @@ def _changed_options(settings: Settings) -> str:
     changed = ["%s=%s" % (option.key, redact.redact_value(
                    option.field, config.format_value(option, getattr(settings, option.field))))
                for option in config.OPTION_FOR_FIELD.values()
-               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)]
+               if getattr(settings, option.field) != getattr(_DEFAULTS, option.field)
+               and not _secret(settings, option.field)]
     return ", ".join(changed) or "none"
+
+
+def _secret(settings: Settings, field: str) -> bool:
+    """True for an option whose value may hold a password, never logged: a plugin's
+    argument (BasicHTTPAuth's USER:PASSWORD, TokenRedis's host:port:db:password)."""
+    return field == "auth_source" or (field == "token_source" and bool(settings.token_plugin))
 
 
 def _listen_text(settings: Settings, server: Optional[ProxyServer] = None) -> str:
@@ -758,6 +919,8 @@ def _target_text(settings: Settings) -> str:
         return "unix:" + settings.unix_target
     if settings.target_host:
         return config.format_target(settings)
+    if settings.token_plugin:
+        return "the targets of --token-plugin %s" % settings.token_plugin
     return "the targets of --token-source %s" % redact.redact_text(settings.token_source)
 
 

@@ -33,6 +33,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .settings import ConfigError, Settings
@@ -111,6 +112,32 @@ def _read_token_source(text: str, base_dir: str) -> str:
     return _read_path(text, base_dir)
 
 
+#: The built-in token plugins whose ``--token-source`` is a path (made absolute like
+#: any path option); any other plugin gets the text as given, as websockify passes it.
+PATH_TOKEN_PLUGINS = ("TokenFile", "ReadOnlyTokenFile", "TokenFileName",
+                      "UnixDomainSocketDirectory", "JWTTokenApi")
+
+
+def token_source_for(text: str, base_dir: str, token_plugin: Optional[str]) -> Optional[str]:
+    """The ``token_source`` value for ``text``, given the ``token_plugin`` in effect.
+
+    Without a plugin: wsproxy's own FILE|DIR|URL.  With one: a path made
+    absolute for the built-ins that read files, else the plugin's argument
+    as given (TokenRedis's ``host:port``, an API URL, a custom plugin's text).
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if not token_plugin:
+        return _read_token_source(text, base_dir or os.getcwd())
+    name = token_plugin.strip()
+    if name.startswith("websockify.token_plugins."):
+        name = name.rpartition(".")[2]
+    if name in PATH_TOKEN_PLUGINS:
+        return _read_path(text, base_dir or os.getcwd())
+    return text
+
+
 def _integer_range(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text)
@@ -127,10 +154,41 @@ def _read_http_path(text: str, base_dir: str) -> str:
     return text
 
 
+#: ``--wrap-mode`` values: what to do when the wrapped program exits.
+WRAP_MODES = ("exit", "ignore", "respawn")
+
+
+def _read_wrap_mode(text: str, base_dir: str) -> str:
+    if text.lower() not in WRAP_MODES:
+        raise ValueError("expected one of %s, got %r" % (", ".join(WRAP_MODES), text))
+    return text.lower()
+
+
+def _read_command(text: str, base_dir: str) -> List[str]:
+    """A command line in shell quoting (``prog --port {port}``) -> its words."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ValueError("expected a command line in shell quoting: %s" % exc) from None
+
+
 def _read_tls_version(text: str, base_dir: str) -> str:
     if text.lower() not in TLS_VERSIONS:
         raise ValueError("expected one of %s, got %r" % (", ".join(TLS_VERSIONS), text))
     return text.lower()
+
+
+#: ``--target-proxy-protocol`` values: the PROXY protocol version sent to the target.
+TARGET_PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+
+
+def _read_proxy_protocol_version(text: str, base_dir: str) -> str:
+    word = text.lower()
+    if word in ("1", "2"):
+        word = "v" + word
+    if word not in TARGET_PROXY_PROTOCOL_VERSIONS:
+        raise ValueError("expected v1 or v2, got %r" % text)
+    return word
 
 
 def read_bool(text: str) -> bool:
@@ -261,6 +319,7 @@ KINDS: Dict[str, Kind] = {
     "window-bits": Kind(lambda text, base_dir: _integer_range(text, 9, 15, "window bits 9-15"), str),
     "http-path": Kind(_read_http_path, _format_text),
     "tls-version": Kind(_read_tls_version, _format_text),
+    "proxy-protocol-version": Kind(_read_proxy_protocol_version, _format_text),
     "bool": Kind(lambda text, base_dir: read_bool(text), _format_bool),
     "count": Kind(lambda text, base_dir: _integer(text, 0, "a whole number (0 = no limit)"), str),
     "size": Kind(lambda text, base_dir: _integer(text, 1, "a number of bytes (1 or more)"), str),
@@ -271,6 +330,8 @@ KINDS: Dict[str, Kind] = {
     "syslog": Kind(_read_syslog, _format_syslog),
     "text-list": Kind(_read_text, lambda values: ", ".join(values), many=True),
     "address-list": Kind(_read_ip_address, lambda values: ", ".join(values), many=True),
+    "wrap-mode": Kind(_read_wrap_mode, _format_text),
+    "command": Kind(_read_command, lambda words: " ".join(shlex.quote(word) for word in words)),
     "path-or-dash": Kind(lambda text, base_dir: text if text == "-" else _read_path(text, base_dir),
                          _format_text),
 }
@@ -299,12 +360,20 @@ OPTIONS: Tuple[Option, ...] = (
            "CA bundle that verifies a TLS target (default: the system's)", _T),
     Option(("--target-insecure",), "target_insecure", "bool", None,
            "do not verify a TLS target's certificate (unsafe; logged as a warning)", _T),
+    Option(("--target-proxy-protocol",), "target_proxy_protocol", "proxy-protocol-version",
+           "VERSION", "send the target a PROXY protocol header (v1 or v2) naming the client "
+           "first (before TLS with --ssl-target)", _T),
     # Tokens
     Option(("--token-source", "--target-config"), "token_source", "token-source", "SOURCE",
            "choose the target by ?token=NAME from 'NAME: host:port' lines in a FILE, "
            "in every file of a DIR, or from an http(s):// token service", _K),
     Option(("--host-token",), "host_token", "bool", None,
            "take the token from the Host header (its host name) instead of ?token=", _K),
+    Option(("--token-plugin",), "token_plugin", "text", "NAME",
+           "look tokens up with a websockify token plugin: TokenFile, ReadOnlyTokenFile, "
+           "TokenFileName, BaseTokenAPI, JSONTokenApi, JWTTokenApi, TokenRedis, "
+           "UnixDomainSocketDirectory, or a dotted path module.Class; --token-source is "
+           "then its argument, as websockify reads it", _K),
     # TLS
     Option(("--cert",), "cert", "path", "FILE", "TLS certificate (PEM; may hold the key too)", _S),
     Option(("--key",), "key", "path", "FILE", "TLS private key (PEM), if not in --cert", _S),
@@ -333,8 +402,15 @@ OPTIONS: Tuple[Option, ...] = (
            "allowed Origin (repeatable); other origins get 403", _W),
     Option(("--auth-file",), "auth_file", "path", "FILE",
            "require HTTP Basic authentication against FILE (python3 -m wsproxy.passwd)", _W),
+    Option(("--auth-plugin",), "auth_plugin", "text", "NAME",
+           "check each WebSocket request with a websockify auth plugin: BasicHTTPAuth, "
+           "ExpectOrigin, ClientCertCNAuth, or a dotted path module.Class", _W),
+    Option(("--auth-source",), "auth_source", "text", "ARG",
+           "the --auth-plugin's argument (BasicHTTPAuth: USER:PASSWORD; ExpectOrigin: "
+           "origins; ClientCertCNAuth: common names)", _W),
     Option(("--web-auth",), "web_auth", "bool", None,
-           "with --auth-file, authenticate plain HTTP requests too (--web files, --status)", _W),
+           "with --auth-file or --auth-plugin, authenticate plain HTTP requests too "
+           "(--web files, --status)", _W),
     Option(("--trusted-proxy",), "trusted_proxy", "address-list", "ADDR",
            "a reverse proxy's IP address or network whose X-Forwarded-For "
            "is believed (repeatable)", _W),
@@ -353,6 +429,11 @@ OPTIONS: Tuple[Option, ...] = (
            "ping each client every S seconds; close it when it stops answering (0 = off)", _M),
     Option(("--max-connections",), "max_connections", "count", "N",
            "open sessions allowed; more get 503 (0 = no limit)", _M),
+    Option(("--max-connections-per-ip",), "max_connections_per_ip", "count", "N",
+           "open sessions allowed per client address; more get 503 (0 = no limit)", _M),
+    Option(("--write-timeout",), "write_timeout", "seconds", "S",
+           "end a session whose client or target has accepted no byte for S seconds "
+           "(0 = never)", _M),
     Option(("--max-header-size",), "max_header_size", "size", "BYTES",
            "largest request header block", _M),
     Option(("--max-message-size",), "max_message_size", "size", "BYTES",
@@ -383,6 +464,27 @@ OPTIONS: Tuple[Option, ...] = (
            "else a socket /PATH or a UDP HOST[:PORT]", _P),
     Option(("--workers",), "workers", "workers", "N",
            "worker processes sharing the listening socket, or auto (one per CPU)", _P),
+    # websockify's options (wsproxy-websockify sets them; the main command takes them too)
+    Option(("--prefer-ipv6",), "prefer_ipv6", "bool", None,
+           "listen on IPv6 when LISTEN_HOST is a name with both kinds of address "
+           "(and on :: when there is no LISTEN_HOST)", _L),
+    Option(("--close-unreachable",), "close_unreachable", "bool", None,
+           "when the target cannot be reached, accept the WebSocket and close it "
+           "with 1011 and a reason (websockify's way) instead of answering 502", _T),
+    Option(("--wrap-command",), "wrap_command", "command", "COMMAND",
+           "run COMMAND (after -- on the command line) on a free loopback port, "
+           "given as {port} in its arguments and $WSPROXY_WRAP_PORT, and relay to it", _T),
+    Option(("--wrap-mode",), "wrap_mode", "wrap-mode", "MODE",
+           "when the wrapped command exits: " + ", ".join(WRAP_MODES), _T),
+    Option(("--key-password",), "key_password", "text", "PASSWORD",
+           "password of an encrypted --key (never logged)", _S),
+    Option(("--run-once",), "run_once", "bool", None,
+           "handle a single WebSocket session, then exit", _M),
+    Option(("--traffic",), "traffic", "bool", None,
+           "log one line per chunk relayed (websockify's --traffic)", _P),
+    Option(("--legacy-syslog",), "legacy_syslog", "bool", None,
+           "accepted for websockify; wsproxy's syslog lines are always the "
+           "traditional (RFC 3164) kind", _P),
     Option(("--audit-log",), "audit_log", "path-or-dash", "FILE",
            "append one JSON line per session start, end and refused handshake to FILE "
            "(- = standard output; reopened on SIGHUP)", _P),
@@ -450,8 +552,8 @@ def option_value(option: Option, raw: Any, base_dir: str = "") -> Any:
         else:
             text = raw.strip()
             if not text:
-                if _field_default(option.field) is None:
-                    return None
+                if _field_default(option.field) in (None, []):
+                    return _field_default(option.field)
                 raise ValueError("expected a value, got nothing")
             value = kind.read(text, base_dir)
     except ValueError as exc:
@@ -505,6 +607,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Dic
                                  name, SECTION))
     values: Dict[str, Any] = {}
     set_by: Dict[str, str] = {}
+    raw_token_source = ""
     for raw_key, raw_value in parser.items(SECTION, raw=True):
         key = raw_key.replace("_", "-")
         where = "%s:%s" % (source, _line_of(text, re.escape(raw_key)))
@@ -528,6 +631,12 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Dic
         except ConfigError as exc:
             raise ConfigError("%s: %s: %s" % (where, raw_key, exc)) from None
         values[option.field] = value
+        if option.field == "token_source":
+            raw_token_source = raw_value
+    if "token_source" in values and values.get("token_plugin"):
+        # A plugin's argument is read as that plugin reads it.
+        values["token_source"] = token_source_for(raw_token_source, base_dir,
+                                                  values["token_plugin"])
     return values
 
 

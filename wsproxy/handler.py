@@ -19,11 +19,12 @@ import ssl
 import time
 from typing import Callable, List, Optional, Tuple, Union
 
-from . import auth, observe, tokens, trust, web
+from . import auth, observe, target_proxy, tokens, trust, web
 from .logs import escape
 from .protocol import deflate, handshake, hixie
 from .protocol.connection import Connection
 from .protocol.errors import HandshakeError
+from .protocol.frames import CloseCode
 from .protocol.handshake import Request
 from .redact import redact_text
 from .relay import Relay
@@ -39,6 +40,10 @@ logger = logging.getLogger("wsproxy")
 TargetChoice = Union[Target, socket.socket]
 Payload = Union[bytes, bytearray, memoryview]
 _READ_CHUNK = 4096
+
+#: ``--close-unreachable``: the close reason, and how long to wait for the client's close.
+UNREACHABLE_REASON = "cannot connect to the target"
+UNREACHABLE_LINGER = 1.0
 
 
 class ProxyRequestHandler(socketserver.StreamRequestHandler):
@@ -66,6 +71,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.recorder = None  # a wsproxy.record.Recorder with --record
         self.remote_address = self.client_address
         self._capacity_reserved = False
+        self._capacity_key = None
         self._handshaking = True
         self.user: Optional[str] = None
         #: What the audit log records beyond the session's basics (see :meth:`_session_info`).
@@ -83,8 +89,12 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self.stream = prepared[0] if prepared else None
         #: The balancer's address when a PROXY protocol header named the client.
         self.proxy_address = None
+        #: The address the client reached, when the balancer's header named it.
+        self.local_address = None
         if prepared:
             self.initial_data = prepared[1]
+            if len(prepared) > 3:
+                self.local_address = prepared[3]
             if len(prepared) > 2 and prepared[2] != self.client_address:
                 # --proxy-protocol: the header named the real client; it is
                 # the client for logs, access decisions and forwarded headers.
@@ -108,11 +118,16 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             return
         try:
             request, rest = self._read_head()
+            received = getattr(self.server, "request_received", None)
+            if received is not None:
+                received(self.request)
             self.http_request = request
             self._apply_forwarded(request)
             self._dispatch(request, rest)
         except HandshakeError as exc:
-            logger.info("%srefused: %s", self.log_prefix, _escape(str(exc)))
+            # A refusal the server already logged (throttled) is only a debug line here.
+            logger.log(logging.DEBUG if getattr(exc, "logged", False) else logging.INFO,
+                       "%srefused: %s", self.log_prefix, _escape(str(exc)))
             self._send_raw(handshake.error_response(exc))
             refused = getattr(self.server, "handshake_refused", None)
             if refused is not None:
@@ -129,7 +144,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             if self.target_stream is not None:
                 self.target_stream.close()
             if self._capacity_reserved:
-                self.server.release_capacity()
+                self.server.release_capacity(self._capacity_key)
 
     def finish(self) -> None:
         # rfile/wfile are unbuffered views of the stream: nothing to flush.
@@ -163,11 +178,17 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         The one place that decides whether a page served here (a
         ``--web`` file or listing, the ``--status`` page, any page added
         later) needs credentials: with ``--web-auth`` every one does, as
-        the upgrade does.  Raise :class:`HandshakeError` to refuse (401
+        the upgrade does (``--auth-file`` and ``--auth-plugin`` alike).  Raise :class:`HandshakeError` to refuse (401
         with ``WWW-Authenticate`` by default).
         """
         if self.settings.web_auth:
             self.authenticate(request)
+            # The --auth-plugin too, told the configured target as websockify tells it.
+            settings = self.settings
+            configured = None
+            if settings.target_host is not None and settings.target_port:
+                configured = Target(host=settings.target_host, port=settings.target_port)
+            self.check_auth_plugin(request, configured)
 
     def authenticate(self, request: Request) -> None:
         """Check ``--auth-file`` credentials; sets ``self.user``, or raises HandshakeError 401.
@@ -212,6 +233,26 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             return Target(host=settings.target_host, port=settings.target_port,
                           tls=settings.ssl_target)
         raise HandshakeError(500, "no target configured")
+
+    def check_auth_plugin(self, request: Request, choice: Optional[TargetChoice]) -> None:
+        """Run the ``--auth-plugin`` (if any) on ``request``; HandshakeError when it refuses.
+
+        Called after :meth:`select_target`, since a websockify auth plugin
+        is told the target (``choice``; None where there is none yet).
+        """
+        auth_plugin = getattr(self.server, "auth_plugin", None)
+        if auth_plugin is None:
+            return
+        host = port = None
+        if isinstance(choice, Target) and choice.unix is None:
+            host, port = choice.host, choice.port
+        peer_cert = None
+        if self.stream is not None and self.stream.secure:
+            try:
+                peer_cert = self.stream.tls_object.getpeercert()
+            except (AttributeError, ValueError, ssl.SSLError):
+                peer_cert = None
+        auth_plugin.check(request.header_list, host, port, peer_cert)
 
     def session_started(self, session: SessionInfo) -> None:
         """Called once the 101 answer is sent, before any payload moves."""
@@ -314,11 +355,18 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             raise HandshakeError(status if 400 <= status <= 599 else 403, "refused")
         reserve = getattr(self.server, "check_capacity", None)
         if reserve is not None:
-            reserve()
+            self._capacity_key = reserve(self.remote_address)
             self._capacity_reserved = True
         choice = self.select_target(request)
+        self.check_auth_plugin(request, choice)
         self._target = choice if isinstance(choice, Target) else None
-        self.target_stream, target = self._connect(choice)
+        try:
+            self.target_stream, target = self._connect(choice)
+        except HandshakeError as exc:
+            if exc.status != 502 or not self.settings.close_unreachable or protocol != "rfc6455":
+                raise
+            self._close_unreachable(answer, connection, exc)
+            return
         self._send_raw(answer)
         self.stream.settimeout(None)
         self._run_session(request, target, protocol, subprotocol, connection, rest)
@@ -423,6 +471,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         """Connect to the chosen target; a failure refuses the handshake with 502."""
         if isinstance(choice, socket.socket):
             _nodelay(choice)
+            if self.settings.target_proxy_protocol:
+                self._send_proxy_header(choice, "socket %s" % format_address(_peer(choice)))
             choice.settimeout(None)  # the relay blocks; an idle session is not an error
             return SocketStream(choice), "socket %s" % format_address(_peer(choice))
         target = choice
@@ -443,11 +493,69 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
             self._warn("target-unreachable", "%scannot reach target %s: %s", self.log_prefix,
                        target, exc.strerror or exc)
             raise HandshakeError(502, "target unreachable") from None
+        if self.settings.target_proxy_protocol:
+            # Before TLS, as HAProxy's send-proxy does: the target reads
+            # the header in clear, then the handshake.
+            self._send_proxy_header(sock, target)
         stream = SocketStream(sock)
         if target.tls:
             stream = self._wrap_target_tls(sock, target)
         sock.settimeout(None)
         return stream, target
+
+    def _close_unreachable(self, answer: bytes, connection: Connection,
+                           exc: HandshakeError) -> None:
+        """``--close-unreachable``: accept, then close 1011 with a reason.
+
+        A browser's WebSocket API never shows an HTTP status, only a close
+        frame's code and reason; websockify answers an unreachable target
+        this way and noVNC shows the reason to its user.
+        """
+        connection.send_close(CloseCode.INTERNAL_ERROR, UNREACHABLE_REASON)
+        self._send_raw(answer + b"".join(connection.data_to_send()))
+        logger.info("%saccepted and closed with 1011: %s", self.log_prefix, UNREACHABLE_REASON)
+        refused = getattr(self.server, "handshake_refused", None)
+        if refused is not None:  # counted and audited as the refusal it is
+            self.session = self._session_info(status=101)
+            refused(self, 101, "%s (closed with 1011)" % exc.reason)
+        # Wait briefly for the client's answering close frame (or its EOF):
+        # closing with its bytes unread could reset the connection before
+        # the client has read ours.
+        try:
+            self.stream.settimeout(UNREACHABLE_LINGER)
+            self.stream.recv_into(bytearray(_READ_CHUNK))
+        except OSError:
+            pass
+
+    def _send_proxy_header(self, sock: socket.socket, target) -> None:
+        """``--target-proxy-protocol``: name the client to the target before any payload.
+
+        The client is :attr:`remote_address` (the balancer's PROXY header,
+        a trusted forwarded address, or the peer); the destination is the
+        one the balancer's header named, else the address the client
+        reached.  A failure closes ``sock`` and refuses with 502.
+        """
+        destination = self.local_address
+        if destination is None:
+            try:
+                destination = self.request.getsockname()
+            except OSError:
+                destination = None
+        request = self.http_request
+        tls = self.stream.tls_object if isinstance(self.stream, TLSStream) else None
+        header = target_proxy.header_for(
+            self.settings.target_proxy_protocol, self.remote_address, destination, self.number,
+            request.headers.get("host") if request is not None else None, tls)
+        try:
+            sock.settimeout(self.settings.handshake_timeout)
+            sock.sendall(header)
+        except OSError as exc:
+            sock.close()
+            self._warn("target-unreachable", "%scannot send the PROXY header to target %s: %s",
+                       self.log_prefix, target, exc.strerror or exc)
+            raise HandshakeError(502, "target unreachable") from None
+        logger.debug("%sPROXY %s header to target %s: %d bytes", self.log_prefix,
+                     self.settings.target_proxy_protocol, target, len(header))
 
     def _wrap_target_tls(self, sock: socket.socket, target: Target) -> SocketStream:
         make_context = getattr(self.server, "target_ssl_context", None)
@@ -477,9 +585,20 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                       log_prefix=self.log_prefix)
         self.relay = relay
         register = getattr(self.server, "register_session", None)
-        if register is not None:
-            register(self)
+        if register is not None and register(self) is False:
+            # shutdown() began after the 101: this session must never run.
+            logger.info("%sclosed at once: the server is shutting down", self.log_prefix)
+            if self.recorder is not None:
+                self.recorder.close()
+            connection.send_close(1001, "server shutting down")
+            self._send_raw(b"".join(connection.data_to_send()))
+            return
         self._leave_handshake()
+        # A peer that accepts no byte for this long is gone: end the session
+        # rather than pin both pumps on it forever (--write-timeout).
+        write_timeout = self.settings.write_timeout or None
+        self.stream.write_timeout = write_timeout
+        self.target_stream.write_timeout = write_timeout
         logger.info("%sopen to %s (%s%s)", self.log_prefix, target, protocol,
                     ", " + subprotocol if subprotocol else "")
         started = time.monotonic()
@@ -528,7 +647,12 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         overridden = getattr(type(self), hook_name) is not getattr(ProxyRequestHandler, hook_name)
         recorder = getattr(self, "recorder", None)
         record = getattr(recorder, recorder_method, None) if recorder is not None else None
-        if not overridden and record is None:
+        # --traffic: one line per chunk, websockify's "}" (from the client)
+        # and "{" (from the target) leading it.
+        traffic = None
+        if self.settings.traffic:
+            traffic = "} from the client" if hook_name == "client_data" else "{ from the target"
+        if not overridden and record is None and traffic is None:
             return None
 
         def observe(data: memoryview):
@@ -538,6 +662,8 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
                     data = replaced
             if record is not None:
                 record(data)
+            if traffic is not None:
+                logger.info("%s%s: %d bytes", self.log_prefix, traffic, len(data))
             return data
         return observe
 
@@ -574,7 +700,7 @@ class ProxyRequestHandler(socketserver.StreamRequestHandler):
         self._handshaking = False
         finished = getattr(self.server, "handshake_finished", None)
         if finished is not None:
-            finished()
+            finished(self.request)
 
     def _warn(self, kind: str, message: str, *args) -> None:
         """Log a warning that every handshake may repeat (a target down), throttled.

@@ -112,7 +112,27 @@ def secrets_in(settings: Any) -> FrozenSet[str]:
             for match in _QUERY_PAIR.finditer(item):
                 if _secret_query_name(match.group("name")):
                     found.update(_with_decoded(match.group("value")))
+    found.update(_plugin_secrets(settings))
     return frozenset(secret for secret in found if len(secret) >= MIN_FILTERED_LENGTH)
+
+
+def _plugin_secrets(settings: Any) -> Iterable[str]:
+    """The passwords in websockify plugin arguments: BasicHTTPAuth's ``USER:PASSWORD``
+    (``--auth-source``) and TokenRedis's ``host:port:db:PASSWORD`` (``--token-source``)."""
+    from .plugins import parse_source_args  # pure text, like this module
+
+    found = set()
+    auth_plugin = (getattr(settings, "auth_plugin", None) or "").rpartition(".")[2]
+    auth_source = getattr(settings, "auth_source", None)
+    if auth_plugin == "BasicHTTPAuth" and auth_source and ":" in auth_source:
+        found.update((auth_source, auth_source.partition(":")[2]))
+    token_plugin = (getattr(settings, "token_plugin", None) or "").rpartition(".")[2]
+    token_source = getattr(settings, "token_source", None)
+    if token_plugin == "TokenRedis" and token_source:
+        fields = parse_source_args(token_source)
+        if len(fields) >= 4 and fields[3]:
+            found.add(fields[3])
+    return found - {""}
 
 
 def _with_decoded(text: str) -> Iterable[str]:

@@ -8,7 +8,14 @@ so no data frame ever follows a close frame (RFC 6455 §5.5.1).
 Closing without loss:
 - the target closes: everything it sent is framed and sent, then close 1000;
 - the client sends close: everything it sent before reaches the target, then
-  the target's write side is shut down and the socket closed.
+  the target's write side is shut down and the socket closed.  The client's
+  TCP connection ends as soon as the close echo is written (RFC 6455
+  §5.5.1), while the target side finishes on its own.
+
+Bounded memory: the upstream pump hands inflated data to the target in
+bounded steps (the protocol's ``input_pending``), and does not read on from
+a client while control replies to it wait behind a writer that cannot write
+to it.
 """
 
 import logging
@@ -82,11 +89,15 @@ class Relay:
         try:
             self._pump_upstream(initial_data)
         finally:
+            deadline = time.monotonic() + CLOSE_TIMEOUT
             self._upstream_done.set()
             self._finish_target()
+            connection = self.connection
+            if connection.close_received is not None and connection.failure is None:
+                self._end_client(deadline)
             # A client that stopped reading can hold the downstream pump in a
             # write forever; after the grace time, abort it.
-            self._downstream.join(CLOSE_TIMEOUT)
+            self._downstream.join(max(0.0, deadline - time.monotonic()))
             if self._downstream.is_alive():
                 self.client.abort()
                 self._stop_target_reads()
@@ -101,29 +112,28 @@ class Relay:
                 self._watchdog.cancel()
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
-        """Close the session from outside (shutdown, timeouts): thread-safe.
+        """Close the session from outside (shutdown, timeouts): thread-safe, never waits.
 
-        Sends a close frame (data not yet framed is dropped) and shuts the
-        target; the client gets ``CLOSE_TIMEOUT`` seconds to answer.  If the
-        close cannot even be written in that time (a client that stopped
-        reading), both connections are aborted.
+        Queues a close frame (data not yet framed is dropped) and shuts the
+        target: the downstream pump wakes and sends the close from the
+        session's own thread, so a caller serving many sessions (shutdown,
+        the housekeeper) never blocks on one client.  The client gets
+        ``CLOSE_TIMEOUT`` seconds to answer; after that (or if the close
+        cannot even be written in that time) both connections are aborted.
         """
         self.closing = True
         self._note_end(code, reason)
-        watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
-        watchdog.daemon = True
-        self._watchdog = watchdog
-        watchdog.start()
-        if self._client_lock.acquire(timeout=CLOSE_TIMEOUT):
-            try:
-                self.connection.send_close(code, reason)
-                self._flush_locked()
-            finally:
-                self._client_lock.release()
-            self._flush()
+        if self._finished.is_set():
+            return
+        if self._watchdog is None:
+            watchdog = threading.Timer(CLOSE_TIMEOUT, self._abort_if_running)
+            watchdog.daemon = True
+            self._watchdog = watchdog
+            watchdog.start()
+        self.connection.send_close(code, reason)
         self.target.abort()
         if self._finished.is_set():
-            watchdog.cancel()
+            self._watchdog.cancel()
 
     def close_in_background(self, code: int, reason: str) -> None:
         """:meth:`close` on a short-lived thread, so the caller never waits."""
@@ -137,18 +147,28 @@ class Relay:
             self.target.abort()
 
     def try_ping(self, payload: bytes = b"") -> bool:
-        """Ping the client (heartbeat) unless a write is in progress; thread-safe.
+        """Ping the client (heartbeat) without ever waiting; thread-safe.
 
-        Skipping is harmless: a client busy receiving data is alive.
+        Skipped (False) while another thread writes to the client, or while
+        the previous ping still waits in a full socket buffer: a client busy
+        receiving data is alive, and one that reads nothing gets no ping now
+        (the missed-heartbeat close still comes).  What the socket does not
+        take at once goes out first with the next write.
         """
         if not self._client_lock.acquire(blocking=False):
             return False
         try:
+            client = self.client
+            if client.backlogged:
+                client.send_nowait([])
+                return False
             self.connection.send_ping(payload)
-            self._flush_locked()
+            replies = self.connection.data_to_send()
+            client.send_nowait(replies)
+        except OSError:
+            return False
         finally:
             self._client_lock.release()
-        self._flush()
         return True
 
     # -- client → target ----------------------------------------------------------
@@ -179,19 +199,14 @@ class Relay:
         self.last_activity = self.last_client_activity = time.monotonic()
         connection = self.connection
         payload = connection.receive_data(data)
-        if payload:
-            for chunk in payload:
-                self.bytes_from_client += len(chunk)
-            if self.on_client_data is not None:
-                chunk = payload[0] if len(payload) == 1 else b"".join(payload)
-                payload = [self.on_client_data(memoryview(chunk))]
-            try:
-                # Many frames from one receive leave in one system call.
-                self.target.sendall(payload)
-            except OSError as exc:
-                self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
-                self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
+        while True:
+            if payload and not self._to_target(payload):
                 return False
+            if not connection.input_pending:
+                break
+            # Inflated data goes to the target in bounded steps: the next
+            # step is decoded only once the previous one was written.
+            payload = connection.receive_more()
         self._flush()
         if connection.failure is not None:
             failure = connection.failure
@@ -201,7 +216,50 @@ class Relay:
             code, reason = connection.close_received
             self._note_end(code, "client closed" + (": " + reason if reason else ""))
             return False
+        if connection.has_data_to_send:
+            # A pong is waiting behind the downstream pump's write to this
+            # client.  The reply queue is bounded (a few pongs), but a client
+            # that cannot be written to must not be read from either: wait
+            # for the write, so TCP flow control holds the client back.
+            with self._client_lock:
+                self._flush_locked()
         return True
+
+    def _to_target(self, payload: list) -> bool:
+        """Write one step of client payload to the target; False if that failed."""
+        for chunk in payload:
+            self.bytes_from_client += len(chunk)
+        if self.on_client_data is not None:
+            chunk = payload[0] if len(payload) == 1 else b"".join(payload)
+            payload = [self.on_client_data(memoryview(chunk))]
+        try:
+            # Many frames from one receive leave in one system call.
+            self.target.sendall(payload)
+        except OSError as exc:
+            self._note_end(CloseCode.INTERNAL_ERROR, "target write failed: %s" % _describe(exc))
+            self._send_close(CloseCode.INTERNAL_ERROR, "target connection lost")
+            return False
+        return True
+
+    def _end_client(self, deadline: float) -> None:
+        """After the close handshake: send the close echo, then end the client's TCP connection.
+
+        RFC 6455 §5.5.1: once the server has both sent and received a
+        close frame it "MUST close the underlying TCP connection
+        immediately" (§7.1.1: the server closes first).  The target side
+        finishes on its own: the downstream pump reads it to its EOF and
+        drops what it sends.  A writer stuck on a client that does not
+        read gets until ``deadline``; then the client is aborted.
+        """
+        lock = self._client_lock
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self.client.abort()
+            return
+        try:
+            self._flush_locked()
+            self.client.shutdown_write()
+        finally:
+            lock.release()
 
     def _linger(self) -> None:
         """After failing the connection: FIN after our close frame, then drain.
@@ -278,7 +336,10 @@ class Relay:
                     if frames:
                         try:
                             client.sendall(frames)
-                        except OSError:
+                        except OSError as exc:
+                            if isinstance(exc, socket.timeout):  # --write-timeout
+                                self._note_end(CloseCode.ABNORMAL, "client write failed: %s"
+                                               % _describe(exc))
                             frames = []
                 if not frames:
                     # A close was sent or the client is gone: drop what the
@@ -344,5 +405,5 @@ class Relay:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
-        return "timed out"
+        return str(exc) or "timed out"
     return exc.strerror or exc.__class__.__name__ if isinstance(exc, OSError) else str(exc)

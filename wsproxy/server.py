@@ -8,6 +8,7 @@ the TLS handshake, the HTTP handshake) runs there, bounded by
 else's accept.
 """
 
+import errno
 import itertools
 import logging
 import os
@@ -19,8 +20,10 @@ import threading
 import time
 from typing import Any, Callable, Optional, Set, Tuple
 
+from .access import open_auth_plugin
+from .admission import AddressCounter, PendingHandshakes
 from .auth import AuthTable
-from . import trust
+from . import routing, trust
 from .handler import ProxyRequestHandler
 from .logs import Throttle
 from .observe import Observer
@@ -29,7 +32,6 @@ from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
-from .tokens import open_token_source
 
 logger = logging.getLogger("wsproxy")
 
@@ -42,6 +44,17 @@ _TLS_VERSIONS = {
 SHUTDOWN_GRACE = 5.0
 #: Connections allowed in the handshake phase at once (see ``process_request``).
 MAX_PENDING_HANDSHAKES = 2048
+#: One client address's share of them, past which its stalled ones are evicted.
+MAX_PENDING_PER_ADDRESS = 256
+#: Seconds a pending connection may wait for its client's request before it counts as stalled.
+STALL_GRACE = 2.0
+#: What ``shutdown()`` waits past ``SHUTDOWN_GRACE`` for aborted sessions to finish.
+_SHUTDOWN_SLACK = 1.0
+#: ``accept()`` errors that mean "out of descriptors or memory": back off, do not spin.
+_ACCEPT_EXHAUSTED = frozenset(getattr(errno, name) for name in
+                              ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM") if hasattr(errno, name))
+#: Seconds the accept loop pauses after such an error.
+ACCEPT_BACKOFF = 0.1
 #: While the handshake phase is full, how long the accept loop waits for a place to free
 #: before refusing (see ``verify_request``); after a wait in vain it refuses at once for
 #: ``_IMPATIENT`` seconds.
@@ -80,16 +93,23 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 and self.address_family != socket.AF_UNIX):
             raise ConfigError("proxy-protocol: needs --trusted-proxy, the addresses of the "
                               "balancers allowed to send the PROXY header")
-        self.token_table = (open_token_source(self.settings.token_source)
-                            if self.settings.token_source else None)
+        if self.settings.target_proxy_protocol not in (None, "v1", "v2"):
+            raise ConfigError("target-proxy-protocol: expected v1 or v2, got %r"
+                              % (self.settings.target_proxy_protocol,))
+        self.token_table = routing.open_token_lookup(self.settings)
         self.auth_table = AuthTable(self.settings.auth_file) if self.settings.auth_file else None
-        if self.settings.web_auth and self.auth_table is None:
-            raise ConfigError("web-auth: needs --auth-file, the credentials to check")
+        self.auth_plugin = open_auth_plugin(self.settings)
+        if self.settings.web_auth and self.auth_table is None and self.auth_plugin is None:
+            raise ConfigError("web-auth: needs --auth-file or --auth-plugin, the credentials "
+                              "to check")
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
+        self._sessions_started = 0  # --run-once looks at it
         self._reserved = 0
-        self._pending_handshakes = 0
+        self._pending = PendingHandshakes(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
+                                          STALL_GRACE)
+        self._per_address = AddressCounter(self.settings.max_connections_per_ip)
         self._impatient_until = 0.0
         #: Warnings one kind of event can repeat at will (a flood) go through this.
         self.warnings = Throttle(logger)
@@ -127,6 +147,24 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         # treats the non-blocking accept's "nothing there" as no request.
         self.socket.setblocking(False)
 
+    def get_request(self):
+        """Accept a connection; out of descriptors, log (throttled) and pause instead of spinning.
+
+        At the open-file limit ``accept()`` fails with EMFILE while the
+        connection stays queued, so the listener stays readable: without a
+        pause the accept loop would spin a core.
+        """
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_EXHAUSTED:
+                self.warnings.warning("accept-exhausted", "cannot accept connections: %s "
+                                      "(open-file limit %s); retrying every %g s",
+                                      exc.strerror or exc, _open_file_limit(), ACCEPT_BACKOFF,
+                                      interval=60.0)
+                time.sleep(ACCEPT_BACKOFF)
+            raise
+
     def verify_request(self, request, client_address) -> bool:
         """Backpressure: while the handshake phase is full and moving, wait for a place.
 
@@ -140,13 +178,14 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         one), and does so without waiting for the next ``_IMPATIENT``
         seconds, so a flood is turned away at full speed.
         """
-        if self._pending_handshakes < MAX_PENDING_HANDSHAKES:
+        bound = self._pending.limit
+        if self._pending_handshakes < bound:
             return True
         now = time.monotonic()
         if now < self._impatient_until:
             return True
         last, moved = self._pending_handshakes, now
-        while self._pending_handshakes >= MAX_PENDING_HANDSHAKES and not self._accept_stopping():
+        while self._pending_handshakes >= bound and not self._accept_stopping():
             time.sleep(0.002)
             now = time.monotonic()
             if self._pending_handshakes < last:
@@ -167,32 +206,50 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
         Every connection gets a thread before anything is known of it, so
         a flood of silent connections could otherwise exhaust threads and
-        memory: past ``MAX_PENDING_HANDSHAKES`` connections that have not
-        finished their handshake, new ones are closed at once.
+        memory: at most ``MAX_PENDING_HANDSHAKES`` connections may be in
+        their handshake, each address with a fair share (see
+        :mod:`wsproxy.admission`: stalled ones are evicted for new ones);
+        past the bound, with nothing stalled to evict, new ones are closed
+        at once.
         """
-        with self._sessions_lock:
-            crowded = self._pending_handshakes >= MAX_PENDING_HANDSHAKES
-            if not crowded:
-                self._pending_handshakes += 1
-                self.observer.pending_handshakes(self._pending_handshakes)
-        if crowded:
+        admitted = self._pending.admit(request, client_address, self._log_eviction)
+        self.observer.pending_handshakes(len(self._pending))
+        if not admitted:
             self.warnings.warning("crowded", "%d connections still handshaking; refusing new "
-                                  "ones (e.g. %s)", MAX_PENDING_HANDSHAKES,
+                                  "ones (e.g. %s)", len(self._pending),
                                   format_address(client_address), interval=1.0)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _log_eviction(self, key: str, why: str) -> None:
+        self.warnings.warning("stalled-handshake", "%s: closed a stalled connection still "
+                              "handshaking after %g s (%s)", key, STALL_GRACE, why, interval=1.0)
+
+    @property
+    def _pending_handshakes(self) -> int:
+        """How many connections are in their handshake now."""
+        return len(self._pending)
 
     def service_actions(self) -> None:
         """Called by ``serve_forever`` on each turn of its loop: the watchdog's sign of life."""
         self.loop_turned = time.monotonic()
         super().service_actions()
 
-    def handshake_finished(self) -> None:
+    def handshake_finished(self, request=None) -> None:
         """A connection left the handshake phase (its session began, or it ended)."""
-        with self._sessions_lock:
-            self._pending_handshakes -= 1
-            self.observer.pending_handshakes(self._pending_handshakes)
+        if request is not None and self._pending.finished(request):
+            self.observer.pending_handshakes(len(self._pending))
+
+    def request_received(self, request) -> None:
+        """The client sent its whole request: it can no longer count as stalled."""
+        self._pending.request_read(request)
+
+    def shutdown_request(self, request) -> None:
+        # Forget it before closing (a no-op when its handler already did).
+        if self._pending.finished(request):
+            self.observer.pending_handshakes(len(self._pending))
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         """An unexpected exception in a handler: one log line with the traceback."""
@@ -211,7 +268,10 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         another instance) instead of waiting in a backlog nobody serves.
         """
         self.stop_accepting()
-        self._stopping.set()
+        with self._sessions_lock:
+            # Under the lock register_session takes: a connection still
+            # handshaking now can never become a session after this.
+            self._stopping.set()
         self.close_sessions(1001, "server shutting down")
 
     def target_ssl_context(self) -> ssl.SSLContext:
@@ -269,23 +329,27 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
         Runs in the connection's own thread, before ``deadline`` (a
         ``time.monotonic()`` value; default ``handshake_timeout`` from now).
-        Returns the client stream, any bytes already consumed and the
+        Returns the client stream, any bytes already consumed, the
         client's address (``client_address``, or with ``--proxy-protocol``
-        the one the balancer's header names), or None when the connection
-        is finished here.
+        the one the balancer's header names) and the address the client
+        reached when that header named it (else None), or None when the
+        connection is finished here.
         """
         settings = self.settings
         if deadline is None:
             deadline = time.monotonic() + settings.handshake_timeout
         peer = format_address(client_address)
         try:
+            local_address = None  # the address the client reached, when a balancer names it
             if settings.proxy_protocol:
                 proxied = self._read_proxy_header(sock, client_address, deadline)
                 if proxied is None:
                     return None
+                proxied, local_address = proxied
                 if proxied != client_address:
                     peer = "%s (via %s)" % (format_address(proxied), peer)
                     client_address = proxied
+                    self._pending.move(sock, proxied)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             first = sock.recv(1, socket.MSG_PEEK)
             if not first:
@@ -293,7 +357,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             kind = sniff.classify(first)
             if kind is sniff.ConnectionKind.TLS:
                 started = self._start_tls(sock, peer, deadline)
-                return started + (client_address,) if started else None
+                return started + (client_address, local_address) if started else None
             consumed = b""
             if first == b"<":
                 consumed, kind = self._read_policy_request(sock, deadline)
@@ -308,7 +372,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            return SocketStream(sock), consumed, client_address
+            return SocketStream(sock), consumed, client_address, local_address
         except socket.timeout:
             logger.info("%s: no request before the handshake timeout", peer)
         except (OSError, ssl.SSLError) as exc:
@@ -323,6 +387,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         the header's bytes are read, so the TLS/Flash/HTTP sniff that
         follows sees the client's own first byte.  A LOCAL header (a
         balancer's health check) or UNKNOWN keeps ``client_address``.
+        With the client's address comes the one it reached (the header's
+        destination; None when the header named no client).
         Returns None, after one log line, when the connection must close:
         an untrusted peer, a missing or malformed header, or none before
         ``deadline``.
@@ -360,7 +426,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                         "timeout; closed", peer)
             return None
         real = reader.header.client_address
-        return real if real is not None else client_address
+        if real is None:
+            return client_address, None
+        return real, reader.header.destination
 
     def _read_policy_request(self, sock: socket.socket, deadline: float):
         """Consume bytes while they may still be a Flash policy request."""
@@ -405,32 +473,59 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     # -- sessions -------------------------------------------------------------------
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, address=None):
         """Reserve a place for a new session, or refuse it with 503.
 
         With ``max_connections``, at most that many sessions (counting those
-        still connecting to their target) exist at once; the handler gives
-        the place back with :meth:`release_capacity` when it is done.
+        still connecting to their target) exist at once; with
+        ``max_connections_per_ip``, at most that many from ``address`` (the
+        client's, after the PROXY protocol or a trusted forwarding header).
+        Once :meth:`shutdown` began, none.  Returns what the handler gives
+        back with :meth:`release_capacity` when it is done.
         """
         limit = self.settings.max_connections
         with self._sessions_lock:
+            if self._stopping.is_set():
+                raise HandshakeError(503, "server shutting down")
             if limit and self._reserved >= limit:
                 raise HandshakeError(503, "too many sessions (--max-connections %d)" % limit)
+            key = None
+            if address is not None:
+                key = self._per_address.reserve(address)
+                if key is None:
+                    self._refuse_per_address(address)
             self._reserved += 1
+        return key
 
-    def release_capacity(self) -> None:
-        """Give back the place taken by :meth:`check_capacity`."""
+    def _refuse_per_address(self, address) -> None:
+        limit = self.settings.max_connections_per_ip
+        self.warnings.warning("per-ip", "%s: %d sessions open from this address; refusing more "
+                              "with 503 (--max-connections-per-ip)", format_address(address),
+                              limit, interval=1.0)
+        refusal = HandshakeError(503, "too many sessions from this address "
+                                      "(--max-connections-per-ip %d)" % limit)
+        refusal.logged = True  # the line above, throttled, is the operator's
+        raise refusal
+
+    def release_capacity(self, key=None) -> None:
+        """Give back the place taken by :meth:`check_capacity` (``key``: what it returned)."""
         with self._sessions_lock:
             self._reserved -= 1
+        if key is not None:
+            self._per_address.release(key)
 
-    def register_session(self, handler: ProxyRequestHandler) -> None:
-        """A session started relaying (called by the handler)."""
+    def register_session(self, handler: ProxyRequestHandler) -> bool:
+        """A session started relaying (called by the handler); False once shutdown began."""
         with self._sessions_lock:
+            if self._stopping.is_set():
+                return False
             self._sessions.add(handler)
+            self._sessions_started += 1
         self.observer.session_started(handler.session)
         settings = self.settings
         if (settings.session_timeout or settings.heartbeat) and self._housekeeper is None:
             self._start_housekeeper()
+        return True
 
     def unregister_session(self, handler: ProxyRequestHandler) -> None:
         """A session ended; its :class:`SessionInfo` holds the final numbers."""
@@ -442,6 +537,12 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def handshake_refused(self, handler: ProxyRequestHandler, status: int, reason: str) -> None:
         """A request was answered with HTTP error ``status`` (``handler.session`` describes it)."""
         self.observer.handshake_refused(handler.session, reason)
+
+    @property
+    def sessions_started(self) -> int:
+        """How many sessions have started relaying since the server started."""
+        with self._sessions_lock:
+            return self._sessions_started
 
     def status_document(self) -> bytes:
         """The ``--status`` JSON: uptime, open sessions, totals and per-target counts."""
@@ -471,7 +572,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def _housekeep(self) -> None:
         """Close idle sessions (``--session-timeout``) and ping clients (``--heartbeat``).
 
-        A client that answered none of the last ``HEARTBEAT_MISSES`` pings
+        One thread serves every session, so nothing here may wait on one
+        client: pings are sent only as far as the socket takes them at once
+        (:meth:`Relay.try_ping`), closes only queue the close frame.  A client that answered none of the last ``HEARTBEAT_MISSES`` pings
         (no byte from it for that many intervals) is closed with 1011, as the
         ``websockets`` library does for a keepalive timeout.
         """
@@ -491,9 +594,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 if relay is None or relay.closing:
                     continue
                 if idle_limit and now - relay.last_activity >= idle_limit:
-                    relay.close_in_background(1000, "idle timeout (%g s)" % idle_limit)
+                    relay.close(1000, "idle timeout (%g s)" % idle_limit)
                 elif beat and now - relay.last_client_activity >= beat * HEARTBEAT_MISSES:
-                    relay.close_in_background(1011, "no answer to %d heartbeat pings" % HEARTBEAT_MISSES)
+                    relay.close(1011, "no answer to %d heartbeat pings" % HEARTBEAT_MISSES)
                 elif ping_now:
                     relay.try_ping()
 
@@ -503,15 +606,33 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return len(self._sessions)
 
     def close_sessions(self, code: int = 1001, reason: str = "",
-                       grace: float = SHUTDOWN_GRACE) -> None:
-        """Close every open session with ``code`` and wait up to ``grace`` seconds."""
+                       grace: Optional[float] = None) -> None:
+        """Close every open session with ``code``, all at once; wait for them to end.
+
+        Each close only queues the close frame and never waits, and a
+        session whose client does not answer within the relay's close
+        timeout is aborted, so this returns within ``grace`` (default
+        ``SHUTDOWN_GRACE``) seconds plus a little whatever the clients do.
+        """
+        if grace is None:
+            grace = SHUTDOWN_GRACE
         with self._sessions_lock:
             handlers = list(self._sessions)
         for handler in handlers:
             handler.close_session(code, reason)
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + grace + _SHUTDOWN_SLACK
         while self._sessions and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def _open_file_limit() -> str:
+    """The soft open-file limit, as text for a log line."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return "unknown"
+    return "unlimited" if soft == getattr(resource, "RLIM_INFINITY", -1) else str(soft)
 
 
 def _discard(sock: socket.socket, count: int) -> None:
@@ -538,7 +659,10 @@ def build_server_ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
                           % (", ".join(sorted(_TLS_VERSIONS)), settings.ssl_version)) from None
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     try:
-        context.load_cert_chain(settings.cert, settings.key or None)
+        # No --key-password: an empty one, so that an encrypted key fails
+        # with a message instead of OpenSSL prompting on the terminal.
+        context.load_cert_chain(settings.cert, settings.key or None,
+                                password=settings.key_password or "")
     except FileNotFoundError:
         missing = settings.cert if not os.path.exists(settings.cert) else settings.key
         raise ConfigError("%s: no such file: %s"

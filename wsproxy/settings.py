@@ -13,6 +13,8 @@ from typing import List, Optional
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: A peer that has accepted no byte for this long is gone (``--write-timeout``).
+DEFAULT_WRITE_TIMEOUT = 300.0
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,12 @@ class Settings:
     target_insecure: bool = False
     token_source: Optional[str] = None
     host_token: bool = False
+    # websockify's plugins: a built-in name or a dotted path module.Class
+    token_plugin: Optional[str] = None
+    auth_plugin: Optional[str] = None
+    auth_source: Optional[str] = None
+    #: ``"v1"`` or ``"v2"``: send the target a PROXY protocol header naming the client.
+    target_proxy_protocol: Optional[str] = None
 
     # -- TLS -------------------------------------------------------------------
     cert: Optional[str] = None
@@ -74,6 +82,8 @@ class Settings:
     session_timeout: float = 0.0
     heartbeat: float = 0.0
     max_connections: int = 0
+    max_connections_per_ip: int = 0
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
@@ -100,6 +110,18 @@ class Settings:
     metrics_allow: List[str] = field(default_factory=list)
     audit_log: Optional[str] = None
     audit_hash_tokens: bool = False
+
+    # -- websockify compatibility (wsproxy-websockify maps its options here) ------
+    key_password: Optional[str] = None
+    prefer_ipv6: bool = False
+    run_once: bool = False
+    traffic: bool = False
+    legacy_syslog: bool = False
+    #: Target unreachable: answer 101, then close 1011 with a reason (not 502).
+    close_unreachable: bool = False
+    #: ``-- COMMAND ...``: run it on a free loopback port and relay to it.
+    wrap_command: List[str] = field(default_factory=list)
+    wrap_mode: str = "exit"
 
     def replace(self, **changes) -> "Settings":
         """Return a copy with ``changes`` applied (the original is untouched)."""

@@ -8,15 +8,22 @@ write from inside a read.  :class:`TLSStream` therefore drives TLS through
 ``ssl.MemoryBIO`` and an ``SSLObject`` touched only under a lock, while the
 raw socket reads and writes happen outside it, so neither direction waits
 for the other's network I/O.
+
+Writes have a deadline that progress extends (``write_timeout``): a peer
+that has accepted no byte for that long is gone, and the stream ends both
+ways so that neither pump stays pinned on it.  :meth:`SocketStream.send_nowait`
+never waits at all, for threads that serve many sessions (the heartbeat).
 """
 
 import collections
 import io
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
-from typing import Deque, Optional, Sequence
+from typing import Deque, List, Optional, Sequence
 
 #: sendmsg accepts at most IOV_MAX (1024 on Linux) buffers at once.
 _MAX_IOV = 512
@@ -27,6 +34,27 @@ _RAW_READ = 256 * 1024
 #: long for the other direction's send to finish, then no blocking send.
 _ALERT_SEND_TIMEOUT = 1.0
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_POLLOUT = getattr(select, "POLLOUT", 0)
+try:  # Linux: SIOCOUTQ (== TIOCOUTQ), the bytes the peer has not yet taken
+    import fcntl
+    import termios
+    _OUTQ: Optional[int] = termios.TIOCOUTQ
+except (ImportError, AttributeError):
+    _OUTQ = None
+
+
+def _unsent(sock: socket.socket) -> Optional[int]:
+    """Bytes in ``sock``'s send queue not yet taken by the peer, or None where unknown."""
+    if _OUTQ is None:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
+
+
+class WriteTimeout(socket.timeout):
+    """The peer accepted no byte for ``write_timeout`` seconds; the stream was aborted."""
 
 
 def send_buffers(sock: socket.socket, buffers: Sequence) -> None:
@@ -55,13 +83,81 @@ def send_buffers(sock: socket.socket, buffers: Sequence) -> None:
             pending[0] = memoryview(pending[0])[sent:]
 
 
+def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
+    """Like :func:`send_buffers`, but fail when no byte leaves for ``timeout`` seconds.
+
+    The socket stays in blocking mode (its reader may be blocked in it);
+    each send is made non-blocking with ``MSG_DONTWAIT`` and, when the
+    socket buffer is full, ``poll`` waits for room.  Every byte the peer
+    takes starts the ``timeout`` again, so a slow reader is never cut, only
+    one that takes nothing.  The kernel signals room only once a good part
+    of the buffer is free, which a slow reader may take long to free: so
+    the send queue is also checked every quarter of the timeout (Linux
+    ``SIOCOUTQ``), and any byte gone from it counts as progress.  Raises
+    :class:`WriteTimeout` (the caller aborts).
+    """
+    total = 0
+    for buf in buffers:
+        total += len(buf)
+    if len(buffers) == 1 or total < _JOIN_BELOW or len(buffers) > _MAX_IOV:
+        pending = [memoryview(buffers[0] if len(buffers) == 1 else b"".join(buffers))]
+    else:
+        pending = [memoryview(buf) for buf in buffers]
+    first = 0
+    poller = None
+    deadline = time.monotonic() + timeout
+    queued: Optional[int] = None
+    while first < len(pending):
+        try:
+            if first == len(pending) - 1:
+                sent = sock.send(pending[first], _DONTWAIT)
+            else:
+                sent = sock.sendmsg(pending[first:], (), _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent:
+            deadline = time.monotonic() + timeout
+            queued = None
+            while first < len(pending) and sent >= len(pending[first]):
+                sent -= len(pending[first])
+                first += 1
+            if sent:
+                pending[first] = pending[first][sent:]
+            continue
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, _POLLOUT)
+        if queued is None:
+            queued = _unsent(sock)
+        left = deadline - time.monotonic()
+        if left > 0 and poller.poll(min(left, timeout / 4) * 1000):
+            continue
+        now_queued = _unsent(sock)
+        if now_queued is not None and queued is not None and now_queued < queued:
+            deadline = time.monotonic() + timeout  # the peer took bytes: room will come
+        queued = now_queued
+        if time.monotonic() >= deadline:
+            raise WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
+
+
 class SocketStream:
-    """A connected socket (TCP or Unix) with the relay's small interface."""
+    """A connected socket (TCP or Unix) with the relay's small interface.
+
+    ``write_timeout`` (seconds, None = never) bounds how long a write may
+    wait without any byte leaving; it applies while the socket is in
+    blocking mode (the session), the handshake's own deadlines otherwise.
+    """
 
     secure = False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.write_timeout: Optional[float] = None
+        #: What :meth:`send_nowait` could not send yet; the next write sends it first.
+        self._backlog: List[memoryview] = []
+        #: The write timeout that aborted the stream: reads raise it too, so the
+        #: other direction reports why the stream ended, not a mere EOF.
+        self._broken: Optional[WriteTimeout] = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -71,11 +167,61 @@ class SocketStream:
 
     def recv_into(self, buffer) -> int:
         """Read into ``buffer``; 0 means the peer closed its side."""
-        return self.sock.recv_into(buffer)
+        count = self.sock.recv_into(buffer)
+        if not count and self._broken is not None:
+            raise self._broken
+        return count
 
     def sendall(self, buffers: Sequence) -> None:
-        """Write every byte of the buffers, in order."""
-        send_buffers(self.sock, buffers)
+        """Write every byte of the buffers, in order.
+
+        Raises :class:`WriteTimeout`, after aborting the stream, when the
+        peer accepts no byte for ``write_timeout`` seconds.
+        """
+        if self._backlog:
+            buffers = self._backlog + list(buffers)
+            self._backlog = []
+        self._write(buffers)
+
+    def _write(self, buffers: Sequence) -> None:
+        timeout = self.write_timeout
+        if timeout and _DONTWAIT and _POLLOUT and self.sock.gettimeout() is None:
+            try:
+                send_before(self.sock, buffers, timeout)
+            except WriteTimeout as exc:
+                self._broken = exc
+                self.abort()
+                raise
+        else:
+            send_buffers(self.sock, buffers)
+
+    @property
+    def backlogged(self) -> bool:
+        """True while bytes given to :meth:`send_nowait` still wait to be sent."""
+        return bool(self._backlog)
+
+    def send_nowait(self, buffers: Sequence) -> bool:
+        """Send what the socket takes at once, never waiting; True if everything left.
+
+        For small control frames from a thread that serves many sessions.
+        The rest is kept and goes out first with the next write (so the
+        order of bytes never changes); a caller sends nothing new while
+        :attr:`backlogged`, which bounds what is kept.  Writers take turns
+        (the relay's client lock), as for :meth:`sendall`.
+        """
+        data = b"".join(self._backlog + list(buffers))
+        self._backlog = []
+        if not data:
+            return True
+        sent = 0
+        if _DONTWAIT:
+            try:
+                sent = self.sock.send(data, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+        if sent < len(data):
+            self._backlog = [memoryview(data)[sent:]]
+        return not self._backlog
 
     def shutdown_write(self) -> None:
         """Send EOF to the peer (everything written so far is still delivered)."""
@@ -187,9 +333,27 @@ class TLSStream(SocketStream):
                 return
             try:
                 while queue:
-                    self.sock.sendall(queue.popleft())
+                    self._write([queue.popleft()])
             finally:
                 self._send_lock.release()
+
+    def _send_queued_nowait(self) -> None:
+        """Send the queued ciphertext the socket takes at once; keep the rest queued, in order."""
+        if not self._send_lock.acquire(blocking=False):
+            return  # the sender sends it (see _send_queued)
+        queue = self._ciphertext
+        try:
+            while queue:
+                chunk = queue.popleft()
+                try:
+                    sent = self.sock.send(chunk, _DONTWAIT) if _DONTWAIT else 0
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent < len(chunk):
+                    queue.appendleft(memoryview(chunk)[sent:])
+                    return
+        finally:
+            self._send_lock.release()
 
     def _send_alert(self) -> None:
         """After a fatal TLS error: send the queued alert if it goes at once; never block."""
@@ -228,9 +392,11 @@ class TLSStream(SocketStream):
                 raise failure
             # A read may have produced records to send (a KeyUpdate answer).
             self._send_queued(wait=False)
-            if count >= 0:
+            if count > 0:
                 return count
-            if self._eof:
+            if count == 0 or self._eof:
+                if self._broken is not None:
+                    raise self._broken
                 return 0
             data = self.sock.recv(_RAW_READ)
             with self._tls_lock:
@@ -265,6 +431,20 @@ class TLSStream(SocketStream):
             self._tls.write(data)
             self._take_ciphertext_locked()
         self._send_queued(wait=True)
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self._ciphertext)
+
+    def send_nowait(self, buffers: Sequence) -> bool:
+        """As :meth:`SocketStream.send_nowait`: the records wait in the ciphertext queue."""
+        data = b"".join(buffers)
+        if data:
+            with self._tls_lock:
+                self._tls.write(data)
+                self._take_ciphertext_locked()
+        self._send_queued_nowait()
+        return not self._ciphertext
 
     def shutdown_write(self) -> None:
         """Send TLS close_notify, then TCP EOF."""

@@ -1,22 +1,20 @@
-"""Streaming base64 for the ``base64`` subprotocol.
+"""Base64 for the ``base64`` subprotocol, one message at a time.
 
-Clients in base64 mode send text frames of base64; a chunk may be split at
-any byte across frames and fragments, so the decoder carries the last
-incomplete 4-character group over to the next call.  Each message may carry
-its own padding, so padded groups may also appear mid-stream.
+Clients in base64 mode send each message as the base64 text of its bytes,
+encoded on its own (padding, if any, ends the message).  A message may be
+split at any byte across frames and fragments, so the decoder carries the
+last incomplete 4-character group over to the next piece of the same
+message; :meth:`Base64Decoder.finish` ends the message and fails it if a
+group is left incomplete.  Nothing carries over from one message to the
+next: ``QQ`` then ``QkNE`` is an error, not the bytes of ``QQQk`` ``NE``.
 """
 
 import binascii
-import re
 
 from .errors import ProtocolError
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _ALPHABET_AND_PAD = _ALPHABET + b"="
-# A whole run of groups where padding only ends a group.
-_VALID_PADDED = re.compile(rb"(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)*")
-# Split points: right after a padded group, before the next group.
-_AFTER_PADDING = re.compile(rb"(?<==)(?=[^=])")
 
 #: RFC 6455 close code for data that does not match the message type.
 INVALID_DATA = 1007
@@ -28,17 +26,20 @@ def encode(data) -> bytes:
 
 
 class Base64Decoder:
-    """Decode a base64 text stream fed in arbitrary pieces.
+    """Decode the base64 text of one message after another, fed in arbitrary pieces.
 
     :meth:`feed` returns the bytes decodable so far and raises
     :class:`ProtocolError` (1007) on any character outside the base64
-    alphabet or misplaced padding.
+    alphabet, on misplaced padding and on text after a message's padding;
+    :meth:`finish` ends a message and raises 1007 when it was not whole
+    base64 (RFC 4648 §4: a length that is a multiple of four).
     """
 
-    __slots__ = ("_carry",)
+    __slots__ = ("_carry", "_padded")
 
     def __init__(self) -> None:
         self._carry = b""
+        self._padded = False  # the message's last group is in: nothing may follow
 
     @property
     def pending(self) -> int:
@@ -46,23 +47,34 @@ class Base64Decoder:
         return len(self._carry)
 
     def feed(self, text) -> bytes:
+        """Decode the next piece of the current message's text."""
         data = self._carry + bytes(text) if self._carry else bytes(text)
-        usable = len(data) & ~3
+        if not data:
+            return b""
+        if self._padded:
+            raise ProtocolError(INVALID_DATA, "base64 text after the message's padding")
+        size = len(data)
+        usable = size & ~3
         self._carry = data[usable:]
         if data.translate(None, _ALPHABET):
             # Slow path: something other than the plain alphabet is present.
             if data.translate(None, _ALPHABET_AND_PAD):
                 raise ProtocolError(INVALID_DATA, "invalid base64 character")
-            chunk = data[:usable]
-            first_pad = chunk.find(b"=")
-            # Common case: each message padded at its end, so "=" only closes
-            # the last group ("xx==" or "xxx="): one C call, no regex.
-            if (usable - 2 <= first_pad and b"=" not in self._carry
-                    and not chunk[first_pad:].strip(b"=")):
-                return binascii.a2b_base64(chunk)
-            carry_pad = self._carry.find(b"=")
-            # A held-back group may only be "xx=" waiting for its last "=".
-            if _VALID_PADDED.fullmatch(chunk) is None or carry_pad not in (-1, 2):
+            pad = data.index(b"=")
+            rest = size - pad
+            # Padding only ends the message's last group: "xx==" or "xxx="
+            # (or "xx=" waiting for its last "=" in the next piece).
+            if not ((pad & 3 == 2 and rest <= 2 and data[-1:] == b"=")
+                    or (pad & 3 == 3 and rest == 1)):
                 raise ProtocolError(INVALID_DATA, "misplaced base64 padding")
-            return b"".join(binascii.a2b_base64(part) for part in _AFTER_PADDING.split(chunk))
+            self._padded = not self._carry
         return binascii.a2b_base64(data[:usable]) if usable else b""
+
+    def finish(self) -> None:
+        """End the current message; raise 1007 if it did not end on a whole group."""
+        carry = self._carry
+        self._carry = b""
+        self._padded = False
+        if carry:
+            raise ProtocolError(INVALID_DATA, "message is not whole base64 (%d characters "
+                                "past the last 4-character group)" % len(carry))

@@ -8,14 +8,24 @@ has the same interface, so the relay drives both alike.
 
 Binary payload is streamed: each piece of a frame is unmasked and handed on
 as it arrives, so a 1 GiB message needs no more memory than one receive.
-Text messages (binary mode) are held until complete and valid UTF-8, bounded
-by ``max_message_size``.  In base64 mode text is decoded as it arrives.
+Text messages (binary mode) are held in one buffer until complete and valid
+UTF-8, bounded by ``max_message_size``.  In base64 mode each text message is
+decoded as it arrives, on its own: it must be whole base64 (1007).
 
 With permessage-deflate agreed (RFC 7692), a message whose first frame has
 RSV1 set is inflated as it arrives, in bounded steps, and then handled as
-above; its inflated size is bounded by ``max_message_size`` (1009).  Each
-piece of target data becomes one compressed message, or an uncompressed one
-when compressing would not make it smaller.
+above; its inflated size is bounded by ``max_message_size`` (1009).  One
+receive returns at most about :data:`OUTPUT_STEP` bytes of inflated payload
+plus one message: the rest of the input waits (``input_pending``) until
+:meth:`Connection.receive_more` is called, so a burst of small messages that
+inflate to the limit never piles up.  Each piece of target data becomes one
+compressed message, or an uncompressed one when compressing would not make
+it smaller.
+
+Control replies are bounded too: at most :data:`MAX_PENDING_PONGS` pongs (the
+most recent: RFC 6455 §5.5.3 lets an endpoint leave earlier pings
+unanswered), one heartbeat ping and the close wait to be sent, whatever the
+client sends meanwhile.
 """
 
 import codecs
@@ -42,6 +52,18 @@ _COMPRESSED = 0x40
 #: Longest frame header: 2 bytes, 8-byte length, 4-byte mask.
 MAX_HEADER = 14
 
+#: Payload pieces shorter than this are joined into one buffer as they are
+#: decoded: an object per 1-byte frame would cost ~40 bytes per payload byte.
+_SMALL_PIECE = 512
+
+#: Pongs that may wait to be sent; an older one is dropped for a newer ping.
+#: Enough that a burst of pings read at once (Autobahn 2.10: ten) is answered in full.
+MAX_PENDING_PONGS = 16
+
+#: Inflated payload one receive hands out before it pauses (``input_pending``);
+#: a piece of input may add one message's worth (``max_message_size``) to it.
+OUTPUT_STEP = 64 * 1024
+
 
 class Connection:
     """One RFC 6455 server connection's protocol state.
@@ -59,8 +81,10 @@ class Connection:
     applies to what goes on the wire: in base64 mode the base64 text.
 
     Attributes the relay reads: ``close_sent``, ``close_received``
-    (``(code, reason)`` once the client's close arrived) and ``failure`` (the
-    :class:`ProtocolError` that ended input, if any).
+    (``(code, reason)`` once the client's close arrived), ``failure`` (the
+    :class:`ProtocolError` that ended input, if any), ``has_data_to_send``
+    (control frames wait) and ``input_pending`` (input held back, see
+    :meth:`receive_more`).
     """
 
     def __init__(self, subprotocol: Optional[str] = None,
@@ -76,10 +100,22 @@ class Connection:
         self._b64 = b64.Base64Decoder() if self._base64 else None
         self._deflate = (PerMessageDeflate(deflate, compress_level, max_message_size)
                          if deflate is not None else None)
-        # Appended by the reading side, popped by whichever side writes to the
-        # client: a deque's append/popleft are atomic, a list swap is not.
-        self._replies: "collections.deque[bytes]" = collections.deque()
+        # Control frames waiting for the client, bounded whatever the client
+        # sends: the newest pongs, one ping, one close.  Set by the reading
+        # side (pongs, close), the heartbeat (ping) or the target side (close); taken by
+        # whichever side writes to the client.  Every check of ``close_sent``
+        # and every change of the slots happens under ``_close_lock``, so no
+        # frame can be queued behind the close (RFC 6455 §5.5.1).
+        self._pongs: "collections.deque[bytes]" = collections.deque(maxlen=MAX_PENDING_PONGS)
+        self._ping: Optional[bytes] = None
+        self._close_frame: Optional[bytes] = None
+        #: True when :meth:`data_to_send` would return something.
+        self.has_data_to_send = False
         self._close_lock = threading.Lock()
+        #: True when a receive paused with input left (see :meth:`receive_more`).
+        self.input_pending = False
+        self._held = b""
+        self._produced = 0
         self._input_done = False
         self._partial_header = b""
         # The frame whose payload is arriving.
@@ -91,8 +127,10 @@ class Connection:
         self._control = bytearray()
         # The data message in progress (fragmented or not yet complete).
         self._message: Optional[int] = None
-        self._text_parts: List[bytes] = []
-        self._text_size = 0
+        # A binary-mode text message: one growing buffer (a list of pieces
+        # would cost an object per fragment: ~40 bytes for a 1-byte one).
+        self._text: Optional[bytearray] = None
+        self._checked = 0       # bytes of _text that passed the UTF-8 check
         self._utf8 = None
 
     # -- input ----------------------------------------------------------------
@@ -103,11 +141,33 @@ class Connection:
         Never raises for bad input: a protocol violation sets ``failure``,
         queues a close frame with its code and ignores all later input.
         Payload decoded before the violation is still returned.
+
+        Inflated output comes in bounded steps: when this receive has
+        handed out :data:`OUTPUT_STEP` bytes of it, the rest of ``data`` is
+        kept (copied), ``input_pending`` is set, and :meth:`receive_more`
+        must be called (until ``input_pending`` is False) before more data
+        is fed.
         """
-        out: List[bytes] = []
         if self._input_done or not data:
-            return out
-        view = memoryview(data)
+            return []
+        if self.input_pending:  # the caller skipped receive_more: keep the order
+            data = self._held + bytes(data)
+            self._held, self.input_pending = b"", False
+        return self._receive(memoryview(data))
+
+    def receive_more(self) -> List[bytes]:
+        """Go on with input a receive held back (``input_pending``); same result."""
+        if not self.input_pending:
+            return []
+        view = memoryview(self._held)
+        self._held, self.input_pending = b"", False
+        if self._input_done:
+            return []
+        return self._receive(view)
+
+    def _receive(self, view: memoryview) -> List[bytes]:
+        out: List[bytes] = []
+        self._produced = 0
         try:
             if self._partial_header:
                 view = self._complete_header(view)
@@ -117,8 +177,10 @@ class Connection:
                     # A frame without payload ends with its header.
                     self._on_payload(b"", True, out)
             self._parse(view, out)
+            if self._text is not None and len(self._text) > self._checked:
+                self._check_text(False)
         except ProtocolError as exc:
-            self._fail(exc)
+            self._fail(self._earlier_failure(exc))
         return out
 
     def _complete_header(self, view: memoryview) -> Optional[memoryview]:
@@ -152,6 +214,12 @@ class Connection:
                 self._on_payload(payload, self._remaining == 0, out)
                 continue
             if pos >= end:
+                return
+            if self._produced >= OUTPUT_STEP:
+                # Pause at a frame boundary (a frame's payload in one receive
+                # is one piece): the caller sends this much on first.
+                self._held = bytes(view[pos:end])
+                self.input_pending = True
                 return
             used = self._parse_header(view, pos, end)
             if used == 0:
@@ -232,12 +300,12 @@ class Connection:
             self._message = opcode
             if opcode == _TEXT and not self._base64:
                 self._utf8 = _Utf8Decoder()
-                self._text_parts = []
-                self._text_size = 0
+                self._text = bytearray()
+                self._checked = 0
         else:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
         if self._message == _TEXT and not self._base64:
-            if self._text_size + length > self.max_message_size:
+            if len(self._text) + length > self.max_message_size:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
                                     "text message over %d bytes" % self.max_message_size)
 
@@ -251,20 +319,29 @@ class Connection:
         self._message = opcode | _COMPRESSED
         if opcode == _TEXT and not self._base64:
             self._utf8 = _Utf8Decoder()
-            self._text_parts = []
-            self._text_size = 0
+            self._text = bytearray()
+            self._checked = 0
 
     def _on_payload(self, payload: bytes, frame_done: bool, out: List[bytes]) -> None:
         opcode = self._opcode
         if opcode >= 8:
             self._control += payload
             if frame_done:
+                if self._text is not None and len(self._text) > self._checked:
+                    # Text before this frame is checked first: no pong (or
+                    # close echo) for a frame that follows invalid UTF-8.
+                    self._check_text(False)
                 self._on_control(opcode, bytes(self._control))
             return
         message = self._message
         if message == _BINARY:
             if payload:
-                out.append(payload)
+                if len(payload) >= _SMALL_PIECE:
+                    out.append(payload)
+                elif out and type(out[-1]) is bytearray:
+                    out[-1] += payload  # ours: a run of small frames costs one buffer
+                else:
+                    out.append(bytearray(payload))
         elif message & _COMPRESSED:
             self._on_compressed(payload, frame_done and self._fin, out)
         elif self._base64:
@@ -275,44 +352,79 @@ class Connection:
         else:
             self._on_text(payload, frame_done and self._fin, out)
         if frame_done and self._fin:
+            if self._base64 and message & 0x0F == _TEXT:
+                # Each message is base64 on its own: no group carries over.
+                self._b64.finish()
             self._message = None
 
     def _on_compressed(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
         """Inflate a piece of a compressed message; hand on its output as if sent plain."""
         kind = self._message & 0x0F
+        produced = 0
         for chunk in self._deflate.inflate(payload, message_done):
             if kind == _BINARY:
                 out.append(chunk)
+                produced += len(chunk)
             elif self._base64:
                 decoded = self._b64.feed(chunk)
                 if decoded:
                     out.append(decoded)
+                    produced += len(decoded)
             else:
                 self._on_text(chunk, False, out)
         if kind == _TEXT and not self._base64 and message_done:
+            produced += len(self._text)
             self._on_text(b"", True, out)
+        # Counted for the pause in _parse: inflated output is what can
+        # outgrow the input that carried it.
+        self._produced += produced
 
     def _on_text(self, payload: bytes, message_done: bool, out: List[bytes]) -> None:
-        """Hold a binary-mode text message until it is whole and valid UTF-8."""
+        """Hold a binary-mode text message until it is whole and valid UTF-8.
+
+        The UTF-8 check runs once per receive (see :meth:`_receive`), and
+        before any control frame or other failure that follows the text,
+        not per frame: a message in 1-byte fragments costs one append each,
+        and an invalid byte still fails the connection before the message
+        ends, ahead of anything that came after it.
+        """
+        if payload:
+            self._text += payload
+        if message_done:
+            self._check_text(True)
+            if self._text:
+                out.append(self._text)
+            self._text = None
+            self._utf8 = None
+
+    def _earlier_failure(self, exc: ProtocolError) -> ProtocolError:
+        """``exc``, or the invalid UTF-8 that came before it in the stream (checked late)."""
+        if self._text is not None and len(self._text) > self._checked:
+            try:
+                self._check_text(False)
+            except ProtocolError as earlier:
+                return earlier
+        return exc
+
+    def _check_text(self, final: bool) -> None:
+        """Run the incremental UTF-8 check over the text not checked yet."""
+        text = self._text
         try:
-            self._utf8.decode(payload, message_done)
+            self._utf8.decode(text[self._checked:], final)
         except UnicodeDecodeError:
             # §8.1: invalid UTF-8 in a text message fails the connection (1007).
             raise ProtocolError(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
-        if payload:
-            self._text_parts.append(payload)
-            self._text_size += len(payload)
-        if message_done:
-            out.extend(self._text_parts)
-            self._text_parts = []
-            self._text_size = 0
-            self._utf8 = None
+        self._checked = len(text)
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
-            # §5.5.2: answer a ping with a pong carrying the same payload.
-            if not self.close_sent:
-                self._replies.append(encode_frame(_PONG, payload))
+            # §5.5.2: answer a ping with a pong carrying the same payload;
+            # §5.5.3: past the bound, the oldest pong not yet sent is dropped.
+            pong = encode_frame(_PONG, payload)
+            with self._close_lock:
+                if not self.close_sent:
+                    self._pongs.append(pong)
+                    self.has_data_to_send = True
         elif opcode == _CLOSE:
             code, reason = parse_close_payload(payload)
             self.close_received = (code, reason)
@@ -328,17 +440,23 @@ class Connection:
 
     # -- output ---------------------------------------------------------------
 
-    @property
-    def has_data_to_send(self) -> bool:
-        """True when :meth:`data_to_send` would return something."""
-        return bool(self._replies)
-
     def data_to_send(self) -> List[bytes]:
-        """Pop the control frames queued for the client (pongs, close)."""
-        replies = []
-        queue = self._replies
-        while queue:
-            replies.append(queue.popleft())
+        """Take the control frames waiting for the client (pong, ping, close), in order."""
+        with self._close_lock:
+            return self._take_replies()
+
+    def _take_replies(self) -> List[bytes]:
+        """Under ``_close_lock``: empty the slots; the close, if any, comes last."""
+        if not self.has_data_to_send:
+            return []
+        replies = list(self._pongs)
+        self._pongs.clear()
+        if self._ping is not None:
+            replies.append(self._ping)
+        if self._close_frame is not None:
+            replies.append(self._close_frame)
+        self._ping = self._close_frame = None
+        self.has_data_to_send = False
         return replies
 
     def send_data(self, payload) -> list:
@@ -357,7 +475,7 @@ class Connection:
             # taken here is never a close that the data would then follow.
             if self.close_sent:
                 return []
-            frames = self.data_to_send()
+            frames = self._take_replies() if self.has_data_to_send else []
         if self._deflate is not None:
             return frames + self._compressed_frame(payload)
         if self._base64:
@@ -385,9 +503,13 @@ class Connection:
             if self.close_sent:
                 return
             self.close_sent = True
-            self._replies.append(encode_frame(_CLOSE, encode_close_payload(code, reason)))
+            self._close_frame = encode_frame(_CLOSE, encode_close_payload(code, reason))
+            self.has_data_to_send = True
 
     def send_ping(self, payload: bytes = b"") -> None:
-        """Queue a ping (heartbeat); nothing after the close."""
-        if not self.close_sent:
-            self._replies.append(encode_frame(_PING, payload[:MAX_CONTROL_PAYLOAD]))
+        """Queue a ping (heartbeat), replacing one not yet sent; nothing after the close."""
+        ping = encode_frame(_PING, payload[:MAX_CONTROL_PAYLOAD])
+        with self._close_lock:
+            if not self.close_sent:
+                self._ping = ping
+                self.has_data_to_send = True

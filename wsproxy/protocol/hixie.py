@@ -18,6 +18,7 @@ import collections
 import hashlib
 import re
 import struct
+import threading
 from typing import Deque, List, Mapping, Optional, Tuple, Union
 
 from .errors import HandshakeError, ProtocolError
@@ -220,7 +221,9 @@ class HixieConnection:
     decoded payloads; ``data_to_send()`` pops queued control bytes (the
     close); ``send_data(payload)`` frames a payload for the client;
     ``send_close(code, reason)`` queues the close; ``send_ping()`` does
-    nothing (the drafts have no ping).
+    nothing (the drafts have no ping); ``receive_more()`` returns nothing
+    and ``input_pending`` stays False (decoding only shrinks the input, so
+    nothing is ever held back).
 
     Attributes: ``close_sent`` (the close is queued or sent),
     ``close_received`` (``(1000, "")`` once the client's ``0xFF 0x00``
@@ -241,6 +244,12 @@ class HixieConnection:
         # Appended by the reading thread, drained by the writing one: a deque's
         # append/popleft are atomic where a list swap is not.
         self._outgoing = collections.deque()  # type: Deque[bytes]
+        # The reading side (the client's close, a failure) and the target
+        # side may queue the close at once: the check and the append are
+        # one step under this lock, so the close goes out exactly once.
+        self._close_lock = threading.Lock()
+        #: Input is never held back: decoding base64 only shrinks it.
+        self.input_pending = False
 
     # -- reading ------------------------------------------------------------
 
@@ -331,6 +340,10 @@ class HixieConnection:
             outgoing.append(queue.popleft())
         return outgoing
 
+    def receive_more(self) -> List[bytes]:
+        """Nothing is ever held back (``input_pending`` stays False); for the shared interface."""
+        return []
+
     @property
     def has_data_to_send(self) -> bool:
         """True when :meth:`data_to_send` would return something."""
@@ -363,9 +376,10 @@ class HixieConnection:
         """Do nothing: hixie-75/76 have no ping frame."""
 
     def _queue_close(self) -> None:
-        if not self.close_sent:
-            self._outgoing.append(CLOSE_FRAME)
-            self.close_sent = True
+        with self._close_lock:
+            if not self.close_sent:
+                self._outgoing.append(CLOSE_FRAME)
+                self.close_sent = True
 
 
 def _decode_base64(text: memoryview) -> Optional[bytes]:

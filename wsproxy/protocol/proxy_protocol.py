@@ -1,12 +1,14 @@
-"""HAProxy's PROXY protocol (versions 1 and 2): read the header a balancer sends first.
+"""HAProxy's PROXY protocol (versions 1 and 2): read the header a balancer sends, write our own.
 
 A load balancer in TCP mode (HAProxy's ``send-proxy`` / ``send-proxy-v2``)
 opens each connection to wsproxy with one header naming the client it relays
 for.  :class:`ProxyHeaderReader` takes the connection's first bytes in pieces
 of any size, consumes exactly the header's bytes and never one more (the
 bytes after it belong to TLS, HTTP or Flash), and hands back a
-:class:`ProxyHeader`.  Section numbers cite the specification, HAProxy's
-``doc/proxy-protocol.txt`` ("The PROXY protocol, Versions 1 & 2").
+:class:`ProxyHeader`.  :func:`build_header` writes the same header the other
+way, for a target that wants to know wsproxy's client
+(``--target-proxy-protocol``).  Section numbers cite the specification,
+HAProxy's ``doc/proxy-protocol.txt`` ("The PROXY protocol, Versions 1 & 2").
 
 This module never touches a socket.
 """
@@ -16,7 +18,7 @@ import ipaddress
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 __all__ = [
     "Command",
@@ -24,17 +26,27 @@ __all__ = [
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyHeaderReader",
+    "SSLClient",
+    "SSLSubtype",
+    "TLVType",
     "Transport",
+    "UNIQUE_ID_MAX_LENGTH",
     "V1_MAX_LENGTH",
     "V2_HEADER_LENGTH",
     "V2_MAX_LENGTH",
     "V2_SIGNATURE",
+    "build_header",
+    "encode_tlvs",
     "parse_header",
+    "parse_tlvs",
+    "ssl_tlv",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: ``(host, port)`` for TCP and UDP, the socket path for AF_UNIX.
 Address = Union[Tuple[str, int], str]
+#: One version 2 TLV vector: its type byte and its value.
+TLV = Tuple[int, bytes]
 
 #: §2.1: a version 1 header starts with "PROXY" and one space.
 V1_PREFIX = b"PROXY "
@@ -88,6 +100,42 @@ class Transport(enum.Enum):
     DGRAM = 0x2
 
 
+class TLVType(enum.IntEnum):
+    """§2.2.1-§2.2.7: the registered version 2 TLV types (0xE0-0xEF are left for custom use)."""
+
+    ALPN = 0x01
+    #: §2.2.2: "the host name value passed by the client, as an UTF8-encoded string".
+    AUTHORITY = 0x02
+    CRC32C = 0x03
+    NOOP = 0x04
+    #: §2.2.5: "an opaque byte sequence of up to 128 bytes" identifying the connection.
+    UNIQUE_ID = 0x05
+    SSL = 0x20
+    NETNS = 0x30
+
+
+class SSLSubtype(enum.IntEnum):
+    """§2.2.6: the sub-TLVs inside a ``PP2_TYPE_SSL`` value."""
+
+    VERSION = 0x21
+    CN = 0x22
+    CIPHER = 0x23
+    SIG_ALG = 0x24
+    KEY_ALG = 0x25
+
+
+class SSLClient(enum.IntFlag):
+    """§2.2.6: the ``client`` bit field opening a ``PP2_TYPE_SSL`` value."""
+
+    SSL = 0x01
+    CERT_CONN = 0x02
+    CERT_SESS = 0x04
+
+
+#: §2.2.5: the longest ``PP2_TYPE_UNIQUE_ID`` value.
+UNIQUE_ID_MAX_LENGTH = 128
+
+
 @dataclass(frozen=True)
 class ProxyHeader:
     """One parsed PROXY protocol header.
@@ -96,8 +144,9 @@ class ProxyHeader:
     (:class:`Family`), ``transport`` (:class:`Transport`), ``source`` and
     ``destination`` (``(host, port)`` for INET and INET6, the socket path
     for UNIX, ``None`` when the header carries no usable address: LOCAL,
-    UNSPEC or version 1's ``UNKNOWN``) and ``length`` (how many bytes the
-    header took on the wire, TLVs included).
+    UNSPEC or version 1's ``UNKNOWN``), ``length`` (how many bytes the
+    header took on the wire, TLVs included) and ``tlvs`` (a version 2
+    header's ``(type, value)`` vectors, in order).
     """
 
     version: int
@@ -107,6 +156,11 @@ class ProxyHeader:
     source: Optional[Address]
     destination: Optional[Address]
     length: int
+    tlvs: Tuple[TLV, ...] = ()
+
+    def tlv(self, kind: int) -> Optional[bytes]:
+        """The value of the first TLV of type ``kind``, or ``None``."""
+        return next((value for tlv_type, value in self.tlvs if tlv_type == kind), None)
 
     @property
     def client_address(self) -> Optional[Address]:
@@ -344,32 +398,183 @@ def _parse_v2(header: bytes) -> ProxyHeader:
     """Parse a complete version 2 header (its 16 bytes, addresses and TLVs)."""
     command = Command(header[12] & 0x0F)
     length = len(header)
+    block = header[V2_HEADER_LENGTH:]
     if command is Command.LOCAL:
-        # §2.2: "discard the protocol block including the family which is ignored".
-        return ProxyHeader(2, command, Family.UNSPEC, Transport.UNSPEC, None, None, length)
+        # §2.2: "discard the protocol block including the family which is
+        # ignored"; its TLVs are kept when they parse, as information only.
+        declared = _FAMILIES.get(header[13] >> 4, Family.UNSPEC)
+        return ProxyHeader(2, command, Family.UNSPEC, Transport.UNSPEC, None, None, length,
+                           _lenient_tlvs(block[_ADDRESS_LENGTHS.get(declared, 0):]))
     family = _FAMILIES[header[13] >> 4]
     transport = _TRANSPORTS[header[13] & 0x0F]
     if family is Family.UNSPEC or transport is Transport.UNSPEC:
         # §2.2: "The receiver should ignore address information."
-        return ProxyHeader(2, command, family, transport, None, None, length)
-    block = header[V2_HEADER_LENGTH:]
+        return ProxyHeader(2, command, family, transport, None, None, length,
+                           _lenient_tlvs(block))
     needed = _ADDRESS_LENGTHS[family]
     if len(block) < needed:
         raise ProxyHeaderError("version 2 %s header with %d address bytes (needs %d)"
                                % (family.name, len(block), needed))
-    # Whatever follows the addresses is TLVs (§2.2.1-): skipped unread.
+    # Whatever follows the addresses is TLVs (§2.2.1-).
+    tlvs = parse_tlvs(block[needed:])
     if family is Family.UNIX:
         source = _unix_path(block[:_UNIX_PATH_LENGTH])
         destination = _unix_path(block[_UNIX_PATH_LENGTH:2 * _UNIX_PATH_LENGTH])
-        return ProxyHeader(2, command, family, transport, source, destination, length)
+        return ProxyHeader(2, command, family, transport, source, destination, length, tlvs)
     size = 4 if family is Family.INET else 16
     make = ipaddress.IPv4Address if family is Family.INET else ipaddress.IPv6Address
     source_ip, destination_ip = make(block[:size]), make(block[size:2 * size])
     source_port, destination_port = struct.unpack_from("!HH", block, 2 * size)
     return ProxyHeader(2, command, family, transport, (str(source_ip), source_port),
-                       (str(destination_ip), destination_port), length)
+                       (str(destination_ip), destination_port), length, tlvs)
 
 
 def _unix_path(raw: bytes) -> str:
     """A ``sun_path`` field: the bytes before the first NUL (non-UTF-8 shown escaped)."""
     return raw.split(b"\x00", 1)[0].decode("utf-8", "backslashreplace")
+
+
+# -- TLVs (§2.2.1-§2.2.7) ---------------------------------------------------------------
+
+_TLV_HEAD = struct.Struct("!BH")
+
+
+def parse_tlvs(data: Buffer) -> Tuple[TLV, ...]:
+    """Split a block of TLV vectors (type, 2-byte length, value) into ``(type, value)`` pairs.
+
+    Also reads the sub-TLVs of a ``PP2_TYPE_SSL`` value (after its first
+    5 bytes).  Raises :class:`ProxyHeaderError` when a vector runs past the
+    block's end.
+    """
+    data = bytes(data)
+    tlvs = []
+    offset = 0
+    while offset < len(data):
+        if offset + _TLV_HEAD.size > len(data):
+            raise ProxyHeaderError("version 2 TLV block ends inside a TLV's type and length")
+        kind, size = _TLV_HEAD.unpack_from(data, offset)
+        offset += _TLV_HEAD.size
+        if offset + size > len(data):
+            raise ProxyHeaderError("version 2 TLV 0x%02x of %d bytes runs past the header's end"
+                                   % (kind, size))
+        tlvs.append((kind, data[offset:offset + size]))
+        offset += size
+    return tuple(tlvs)
+
+
+def _lenient_tlvs(data: bytes) -> Tuple[TLV, ...]:
+    """TLVs of a header whose block the receiver must ignore: kept when they parse, else none."""
+    try:
+        return parse_tlvs(data)
+    except ProxyHeaderError:
+        return ()
+
+
+def encode_tlvs(tlvs: Iterable[TLV]) -> bytes:
+    """Join ``(type, value)`` pairs into TLV vectors.
+
+    Raises ValueError for a type or a value that does not fit a TLV.
+    """
+    out = bytearray()
+    for kind, value in tlvs:
+        if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
+            raise ValueError("TLV type 0x%x with %d bytes does not fit a TLV" % (kind, len(value)))
+        out += _TLV_HEAD.pack(kind, len(value)) + bytes(value)
+    return bytes(out)
+
+
+def ssl_tlv(version: Optional[str] = None, cipher: Optional[str] = None,
+            common_name: Optional[str] = None, client_certificate: bool = False,
+            verified: bool = True) -> TLV:
+    """A ``PP2_TYPE_SSL`` TLV (§2.2.6) describing the client's TLS connection.
+
+    ``version`` (``"TLSv1.3"``), ``cipher`` (OpenSSL's name) and
+    ``common_name`` (of the client certificate) become sub-TLVs when given;
+    ``client_certificate`` says the client presented one on this
+    connection and ``verified`` that it passed verification.  §2.2.6: the
+    ``verify`` field "will be zero if the client presented a certificate
+    and it was successfully verified, and non-zero otherwise".
+    """
+    client = SSLClient.SSL | (SSLClient.CERT_CONN if client_certificate else 0)
+    subs = [(SSLSubtype.VERSION, version), (SSLSubtype.CIPHER, cipher),
+            (SSLSubtype.CN, common_name)]
+    verify = 0 if client_certificate and verified else 1
+    value = struct.pack("!BI", int(client), verify) + encode_tlvs(
+        (kind, text.encode("utf-8")) for kind, text in subs if text)
+    return TLVType.SSL, value
+
+
+# -- writing a header ----------------------------------------------------------------
+
+def build_header(version: int, source: Optional[Address], destination: Optional[Address],
+                 tlvs: Iterable[TLV] = ()) -> bytes:
+    """The PROXY protocol header naming a TCP connection from ``source`` to ``destination``.
+
+    ``version`` is 1 or 2; ``source`` and ``destination`` are ``(ip, port)``
+    pairs.  When either is missing or not an IP address (a Unix socket
+    client, an address wsproxy does not know), version 1 says ``PROXY
+    UNKNOWN`` and version 2 sends a LOCAL header (§2.1, §2.2: the receiver
+    then uses the connection's own endpoints).  IPv4-mapped IPv6 addresses
+    are written as IPv4; an IPv4 address beside an IPv6 one is mapped into
+    IPv6, since one header holds one family.  ``tlvs`` go into a version 2
+    header only (version 1 has none).  Raises ValueError for a version
+    other than 1 or 2, or TLVs that make the header too long.
+    """
+    pair = _inet_pair(source, destination)
+    if version == 1:
+        if pair is None:
+            return b"PROXY UNKNOWN\r\n"
+        family, (source_ip, source_port), (destination_ip, destination_port) = pair
+        return ("PROXY %s %s %s %d %d\r\n" % (
+            "TCP4" if family is Family.INET else "TCP6", _v1_text(source_ip),
+            _v1_text(destination_ip), source_port, destination_port)).encode("ascii")
+    if version != 2:
+        raise ValueError("PROXY protocol version %r (expected 1 or 2)" % (version,))
+    if pair is None:
+        command, family_transport, block = Command.LOCAL, 0x00, b""
+    else:
+        family, (source_ip, source_port), (destination_ip, destination_port) = pair
+        command = Command.PROXY
+        family_transport = family.value << 4 | Transport.STREAM.value
+        block = (source_ip.packed + destination_ip.packed
+                 + struct.pack("!HH", source_port, destination_port))
+    block += encode_tlvs(tlvs)
+    if len(block) > 0xFFFF:
+        raise ValueError("version 2 header of %d bytes is too long" % len(block))
+    return (V2_SIGNATURE + bytes([0x20 | command.value, family_transport])
+            + struct.pack("!H", len(block)) + block)
+
+
+def _v1_text(ip) -> str:
+    """An address as version 1 writes it: RFC 5952 text, an IPv4-mapped one as ``::ffff:a.b.c.d``.
+
+    RFC 5952 §5 recommends the dotted form for mapped addresses; Python
+    writes it only from 3.13 on, so it is spelled out here for every version.
+    """
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return "::ffff:%s" % ip.ipv4_mapped
+    return str(ip)
+
+
+def _inet_pair(source: Optional[Address], destination: Optional[Address]):
+    """``(family, (ip, port), (ip, port))`` for two IP endpoints of one family, or None."""
+    ends = []
+    for address in (source, destination):
+        if not isinstance(address, tuple) or len(address) < 2:
+            return None
+        try:
+            # A scope id (fe80::1%eth0) is no part of the wire format.
+            ip = ipaddress.ip_address(str(address[0]).partition("%")[0])
+            port = int(address[1])
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= port <= 0xFFFF:
+            return None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        ends.append((ip, port))
+    if ends[0][0].version != ends[1][0].version:
+        ends = [(ipaddress.IPv6Address("::ffff:%s" % ip) if ip.version == 4 else ip, port)
+                for ip, port in ends]
+    family = Family.INET if ends[0][0].version == 4 else Family.INET6
+    return family, ends[0], ends[1]

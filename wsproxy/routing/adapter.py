@@ -1,0 +1,128 @@
+"""``--token-plugin NAME``: the plugin table, and the adapter the server looks tokens up through.
+
+:data:`TOKEN_PLUGINS` maps websockify's built-in names to wsproxy's
+classes; any other dotted path is imported (:func:`wsproxy.plugins.load_plugin`).
+:class:`PluginTokens` gives the server the one interface every token source
+has: ``lookup(token) -> Target | None``, raising
+:class:`~wsproxy.routing.base.TokenLookupError` (503) when the source
+fails.  A built-in bounds its own lookups; a plugin from elsewhere runs on
+a helper thread and is given up on after the lookup deadline (at most
+:data:`MAX_STUCK` such calls may still be running at once).
+"""
+
+import logging
+import threading
+from typing import Any, Dict, Optional
+
+from wsproxy.plugins import load_plugin
+from wsproxy.protocol.errors import HandshakeError
+from wsproxy.settings import ConfigError
+from wsproxy.targets import Target
+
+from .base import LOOKUP_TIMEOUT, TokenLookupError, TokenRejected, answer_to_target
+
+logger = logging.getLogger("wsproxy")
+
+#: websockify's built-in token plugins by name: ``module:Class`` inside wsproxy.
+TOKEN_PLUGINS: Dict[str, str] = {
+    "TokenFile": "wsproxy.routing.files:TokenFile",
+    "ReadOnlyTokenFile": "wsproxy.routing.files:ReadOnlyTokenFile",
+    "TokenFileName": "wsproxy.routing.files:TokenFileName",
+    "BaseTokenAPI": "wsproxy.routing.api:BaseTokenAPI",
+    "JSONTokenApi": "wsproxy.routing.api:JSONTokenApi",
+    "JWTTokenApi": "wsproxy.routing.jwt:JWTTokenApi",
+    "TokenRedis": "wsproxy.routing.redis:TokenRedis",
+    "UnixDomainSocketDirectory": "wsproxy.routing.files:UnixDomainSocketDirectory",
+}
+
+#: Plugin calls past their deadline that may still be running; more get 503 at once.
+MAX_STUCK = 16
+
+#: Longest token handed to a plugin; a longer one is unknown without asking.
+MAX_TOKEN = 16 * 1024
+
+
+class PluginTokens:
+    """Token lookups through a websockify-style plugin named ``name``, built with ``source``.
+
+    Raises :class:`ConfigError` naming ``token-plugin`` or ``token-source``
+    when the plugin cannot be loaded or refuses its source.
+    """
+
+    def __init__(self, name: str, source: Optional[str], timeout: float = LOOKUP_TIMEOUT) -> None:
+        plugin_class = load_plugin(name, TOKEN_PLUGINS, "token-plugin")
+        self.name = name
+        self.timeout = timeout
+        try:
+            self.plugin = plugin_class(source)
+        except ConfigError:
+            raise
+        except (Exception, SystemExit) as exc:  # websockify's plugins may sys.exit()
+            raise ConfigError("token-plugin: %s refused --token-source: %s: %s"
+                              % (name, type(exc).__name__, exc)) from None
+        self.bounded = bool(getattr(self.plugin, "bounded", False))
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def lookup(self, token: str) -> Optional[Target]:
+        """The target for ``token``, or None when the plugin does not know it.
+
+        Raises :class:`TokenLookupError` (503) when the plugin fails, is
+        too slow or answers something that names no target, and
+        ``HandshakeError(404)`` with the reason when it rejects the token.
+        """
+        if not token or len(token) > MAX_TOKEN:
+            return None
+        try:
+            answer = self._ask(token)
+        except TokenRejected as exc:
+            raise HandshakeError(404, "token rejected: %s" % exc) from None
+        try:
+            return answer_to_target(answer)
+        except ValueError as exc:
+            raise TokenLookupError("token plugin %s answered no target: %s" % (self.name, exc)) \
+                from None
+
+    def reload(self) -> None:
+        """SIGHUP: let a plugin that can re-read its source do so."""
+        reload = getattr(self.plugin, "reload", None)
+        if callable(reload):
+            reload()
+
+    def _ask(self, token: str) -> Any:
+        if self.bounded:
+            return self._call(token)
+        with self._lock:
+            if self._running >= MAX_STUCK:
+                raise TokenLookupError("token plugin %s: %d lookups still running past their "
+                                       "deadline" % (self.name, self._running))
+            self._running += 1
+        outcome: Dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["answer"] = self._call(token)
+            except (TokenLookupError, TokenRejected) as exc:
+                outcome["error"] = exc
+            finally:
+                with self._lock:
+                    self._running -= 1
+                finished.set()
+
+        threading.Thread(target=run, name="wsproxy-token-plugin", daemon=True).start()
+        if not finished.wait(self.timeout):
+            raise TokenLookupError("token plugin %s gave no answer in %g s"
+                                   % (self.name, self.timeout))
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("answer")
+
+    def _call(self, token: str) -> Any:
+        try:
+            return self.plugin.lookup(token)
+        except (TokenLookupError, TokenRejected):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise TokenLookupError("token plugin %s failed: %s: %s"
+                                   % (self.name, type(exc).__name__, exc)) from None
