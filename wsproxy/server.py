@@ -56,9 +56,10 @@ _ACCEPT_EXHAUSTED = frozenset(getattr(errno, name) for name in
 #: Seconds the accept loop pauses after such an error.
 ACCEPT_BACKOFF = 0.1
 #: While the handshake phase is full, how long the accept loop waits for a place to free
-#: before refusing (see ``verify_request``); after a wait in vain it refuses at once for
-#: ``_IMPATIENT`` seconds.
-ADMISSION_PATIENCE = 2.0
+#: before letting ``process_request`` decide (see ``verify_request``); shorter than
+#: ``STALL_GRACE``, so that waiting never ages silent connections into evictable ones; after
+#: a wait in vain the accept loop does not wait again for ``_IMPATIENT`` seconds.
+ADMISSION_PATIENCE = STALL_GRACE / 2
 _IMPATIENT = 1.0
 #: Unanswered heartbeat pings before a session is closed.
 HEARTBEAT_MISSES = 3
