@@ -364,7 +364,7 @@ def test_custom_plugin_that_hangs_is_given_up_on_at_the_deadline(custom_module):
         tokens.lookup("slow")
     assert tokens.lookup("a") == Target(host="h", port=1)  # others still answered
     sys.modules[custom_module].Plugin.release.set()
-    wait_until(lambda: tokens._running == 0, message="the stuck call to end")
+    wait_until(lambda: tokens.runner.running == 0, message="the stuck call to end")
 
 
 def test_custom_plugin_refusing_its_source_is_a_config_error(custom_module):
