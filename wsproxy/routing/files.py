@@ -16,10 +16,11 @@ import os
 import re
 import stat
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from wsproxy.settings import ConfigError
 from wsproxy.targets import Target
+from wsproxy.tokens import files_signature, source_files
 
 from .base import MAX_ANSWER, BuiltinPlugin, TokenLookupError, split_host_port
 
@@ -66,28 +67,10 @@ class ReadOnlyTokenFile(BuiltinPlugin):
         with self._lock:
             self._load(self._current_signature())
 
-    def _files(self) -> List[str]:
-        # websockify reads every file of the directory, hidden ones included;
-        # sorted here so that which of two lines for one token wins is fixed.
-        if not os.path.isdir(self.path):
-            return [self.path]
-        files = []
-        for name in sorted(os.listdir(self.path)):
-            path = os.path.join(self.path, name)
-            try:
-                if stat.S_ISREG(os.stat(path).st_mode):
-                    files.append(path)
-            except OSError:
-                continue
-        return files
-
     def _current_signature(self) -> _Signature:
+        # websockify reads every file of the directory, hidden ones included.
         try:
-            signature = []
-            for path in self._files():
-                st = os.stat(path)
-                signature.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-            return tuple(signature)
+            return files_signature(source_files(self.path, hidden=True))
         except OSError as exc:
             raise TokenLookupError("%s %s: cannot read: %s"
                                    % (self.name, self.path, exc.strerror or exc)) from None
