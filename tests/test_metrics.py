@@ -16,7 +16,6 @@ from typing import Dict, FrozenSet, Tuple
 import pytest
 
 from conftest import free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401 (fixture)
 from test_workers import SESSION_OPEN, started_workers
 from wsclient import OP_BINARY, WSClient, open_session
 
@@ -200,7 +199,7 @@ def test_metrics_is_read_only_and_off_by_default(proxy):
 
 
 def test_metrics_and_status_need_two_paths(echo_target):
-    from test_config import run_wsproxy
+    from conftest import run_wsproxy
     result = run_wsproxy("-f", "--status", "/s", "--metrics", "/s",
                          "127.0.0.1:%d" % free_port(), echo_target.address)
     assert result.returncode == 2

@@ -20,7 +20,6 @@ import urllib.request
 import pytest
 
 from conftest import EXIT_DEADLINE, free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401 (fixture)
 from wsclient import OP_BINARY, WSClient, open_session
 
 #: How long Prometheus may take to start and to scrape what the test expects.

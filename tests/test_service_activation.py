@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
-from test_config import port_listens, run_wsproxy
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, port_listens,
+                      run_wsproxy, wait_until)
 from wsclient import accept_for, build_request
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
