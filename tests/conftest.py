@@ -546,6 +546,36 @@ def port_listens(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def ipv6_available() -> bool:
+    """Whether this machine can listen on the IPv6 loopback ``::1``."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="IPv6 loopback (::1) not available")
+
+
+def stop_process(process: "subprocess.Popen", timeout: float = EXIT_DEADLINE) -> Optional[int]:
+    """SIGTERM ``process`` (unless it already ended) and return its exit status.
+
+    Returns None when it did not end within ``timeout`` and had to be killed.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+        return None
+
+
 class WsproxyProcess:
     """A running ``python -m wsproxy ARGS`` with standard output and error in a file."""
 
@@ -591,13 +621,7 @@ class WsproxyProcess:
                         % (" ".join(self.args), timeout, self.output()))
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(EXIT_DEADLINE)
+        stop_process(self.process)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import EXIT_DEADLINE, free_port, wait_until
+from conftest import free_port, stop_process, wait_until
 from wsclient import OP_BINARY, WSClient, open_session
 
 #: How long Prometheus may take to start and to scrape what the test expects.
@@ -87,13 +87,7 @@ class Prometheus:
         return result[0][1] if len(result) == 1 else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(EXIT_DEADLINE)
+        stop_process(self.process)
 
 
 @pytest.fixture

@@ -27,27 +27,13 @@ import pytest
 
 from certs import pki
 from conftest import (EXIT_DEADLINE, ROOT, THREAD_DEADLINE, RunningProxy, child_env, free_port,
-                      wait_until)
+                      ipv6_available, wait_until)
 from wsclient import OP_BINARY, WSClient, build_request
 
 from wsproxy import ConfigError, ProxyRequestHandler, ProxyServer, Settings
 from wsproxy.protocol.proxy_protocol import Command, TLVType, parse_header, parse_tlvs
 
 PAYLOAD = os.urandom(3000)
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="IPv6 loopback (::1) not available")
 
 
 @pytest.fixture(scope="module")

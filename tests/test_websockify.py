@@ -11,7 +11,6 @@ and stops the child.  Listening addresses are loopback only.
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -21,27 +20,11 @@ from pathlib import Path
 import pytest
 
 from certs import pki
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, ipv6_available,
+                      port_listens, stop_process, wait_until)
 from wsclient import OP_BINARY, OP_PING, WSClient, build_request
 
 from wsproxy import websockify
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-def listens(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 class Child:
@@ -77,14 +60,8 @@ class Child:
         wait_until(seen, EXIT_DEADLINE, "%r in the output" % text)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail("wsproxy-websockify did not end on SIGTERM")
+        if self.process.poll() is None and stop_process(self.process) is None:
+            pytest.fail("wsproxy-websockify did not end on SIGTERM")
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +251,7 @@ def check_heartbeat_ping(run):
 def check_run_once_exits(run):
     echo_round_trip(run.port)
     assert run.child.wait_exit() == 0
-    assert not listens(run.port)
+    assert not port_listens(run.port)
 
 
 def check_exits_by_itself(run):
@@ -319,7 +296,7 @@ def check_daemon(run):
     # The launcher returned 0 once the daemon listened; --run-once ends the daemon.
     assert run.child.process.returncode == 0, run.child.output()
     echo_round_trip(run.port)
-    wait_until(lambda: not listens(run.port), message="the daemon to exit after --run-once")
+    wait_until(lambda: not port_listens(run.port), message="the daemon to exit after --run-once")
 
 
 # -- the table ------------------------------------------------------------------------
@@ -423,7 +400,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         host = localhost_preferring_ipv6()
     elif "::1" in line:
         host = "::1"
-        if not ipv6_loopback():
+        if not ipv6_available():
             pytest.skip("this machine has no IPv6 loopback")
     directory = _prepare(tmp_path, echo_target)
     tls_files = None
@@ -454,7 +431,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         tls_port = free_port()
         socat_servers("OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,verify=0"
                       % (tls_port, tls_files.combined))
-        wait_until(lambda: listens(tls_port), message="socat's TLS echo target")
+        wait_until(lambda: port_listens(tls_port), message="socat's TLS echo target")
         fields["tls_target"] = tls_port
         env["SSL_CERT_FILE"] = tls_files.ca  # the target's CA, as the system store
     if "{unix_target}" in line:
@@ -479,7 +456,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
             wait_until(lambda: os.path.exists(str(directory / "ws.sock")), EXIT_DEADLINE,
                        lambda: "the Unix socket; output:\n" + child.output())
         else:
-            wait_until(lambda: listens(port, host) or child.process.poll() not in (None, 0),
+            wait_until(lambda: port_listens(port, host) or child.process.poll() not in (None, 0),
                        EXIT_DEADLINE, lambda: "the child to listen; output:\n" + child.output())
             assert child.process.poll() in (None, 0), child.output()
         if "-D" not in args and "--daemon" not in args:

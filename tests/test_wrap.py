@@ -6,14 +6,14 @@ starts and SIGTERM stops to a file the test reads.
 """
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, stop_process,
+                      wait_until)
 from wsclient import WSClient
 
 ECHO = os.path.join(ROOT, "tests", "wrapped_echo.py")
@@ -45,14 +45,8 @@ class Wrapper:
             pytest.fail("wsproxy did not exit; output:\n" + self.output())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail("wsproxy did not end on SIGTERM")
+        if self.process.poll() is None and stop_process(self.process) is None:
+            pytest.fail("wsproxy did not end on SIGTERM")
 
 
 @pytest.fixture
