@@ -140,13 +140,16 @@ class TargetServer:
     only drain; otherwise read, record (``keep`` keeps the bytes, else only
     hash and count), echo back when ``echo``, and stop after ``close_after``
     bytes.  When the peer shuts down its write side, send ``send_on_eof``.
-    The connection then closes gracefully (FIN first, drain, close).
+    The connection then closes gracefully (FIN first, drain, close).  With
+    ``flood`` it instead only sends, as fast as the peer reads, until the
+    connection fails (``sent_count`` counts the bytes).
     """
 
     def __init__(self, echo: bool = True, keep: bool = True, send_on_connect: bytes = b"",
                  close_after_send: bool = False, close_after: Optional[int] = None,
-                 send_on_eof: bytes = b"") -> None:
+                 send_on_eof: bytes = b"", flood: bool = False) -> None:
         self.echo = echo
+        self.flood = flood
         self.keep = keep
         self.send_on_connect = send_on_connect
         self.close_after_send = close_after_send
@@ -189,6 +192,11 @@ class TargetServer:
     def _serve(self, connection: TargetConnection) -> None:
         sock = connection.sock
         try:
+            if self.flood:
+                block = b"\x5a" * 65536
+                while True:
+                    sock.sendall(block)
+                    connection.sent_count += len(block)
             if self.send_on_connect:
                 sock.sendall(self.send_on_connect)
                 connection.sent_count = len(self.send_on_connect)
