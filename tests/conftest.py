@@ -61,14 +61,18 @@ def child_env() -> dict:
     return env
 
 
-def echo_round_trip(port: int, host: str = "127.0.0.1") -> None:
-    """A whole binary session through a proxy in front of an echo target."""
-    payload = os.urandom(70000)
+def echo_round_trip(port: int, host: str = "127.0.0.1", size: int = 70000,
+                    close_code: int = 1000) -> None:
+    """A whole binary session through a proxy in front of an echo target.
+
+    ``size`` random bytes go there and back; the client closes with ``close_code``.
+    """
+    payload = os.urandom(size)
     with open_session(port, protocols=["binary"], host=host) as ws:
         ws.send_binary(payload)
         assert ws.recv_stream(len(payload), opcode=OP_BINARY) == payload
-        ws.send_close(1000)
-        assert ws.recv_close()[0] == 1000
+        ws.send_close(close_code)
+        assert ws.recv_close()[0] == close_code
         ws.expect_closed()
 
 

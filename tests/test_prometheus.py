@@ -19,8 +19,8 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port, stop_process, wait_until
-from wsclient import OP_BINARY, WSClient, open_session
+from conftest import echo_round_trip, free_port, stop_process, wait_until
+from wsclient import WSClient, open_session
 
 #: How long Prometheus may take to start and to scrape what the test expects.
 PROMETHEUS_DEADLINE = 20.0
@@ -111,16 +111,6 @@ def prometheus(tmp_path):
         server.stop()
 
 
-def echo_session(port: int, size: int, close_code: int = 1000) -> None:
-    payload = os.urandom(size)
-    with open_session(port, protocols=["binary"]) as ws:
-        ws.send_binary(payload)
-        assert ws.recv_stream(size, opcode=OP_BINARY) == payload
-        ws.send_close(close_code)
-        assert ws.recv_close()[0] == close_code
-        ws.expect_closed()
-
-
 def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_process,
                                                            echo_target):
     # Prometheus first: it hands targets to its scrapers only every 5 s (its
@@ -133,9 +123,9 @@ def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_
     sizes = [1000, 2500, 70000, 10, 10, 10]
     with open_session(port, protocols=["binary"]) as held:
         for size in sizes[:3]:
-            echo_session(port, size)
+            echo_round_trip(port, size=size)
         for size in sizes[3:]:
-            echo_session(port, size, close_code=4000)
+            echo_round_trip(port, size=size, close_code=4000)
         with WSClient(port) as refused:
             refused.handshake(expect_status=426, headers={"Sec-WebSocket-Version": "7"})
         wait_until(lambda: server.value("sum(wsproxy_sessions_closed_total)") == 6,
@@ -146,7 +136,7 @@ def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_
         child.send_signal(signal.SIGHUP)
         child.wait_for(lambda: child.output().count("SIGHUP: log reopened") >= reloads + 2,
                        "both workers to reload")
-        echo_session(port, 5)
+        echo_round_trip(port, size=5)
         wait_until(lambda: server.value("sum(wsproxy_sessions_closed_total)") == 7,
                    PROMETHEUS_DEADLINE, "prometheus to see the seventh closed session")
         # Read back while the held session still runs.
