@@ -589,14 +589,21 @@ def stop_process(process: "subprocess.Popen", timeout: float = EXIT_DEADLINE) ->
 
 
 class WsproxyProcess:
-    """A running ``python -m wsproxy ARGS`` with standard output and error in a file."""
+    """A running ``python -m MODULE ARGS`` with standard output and error in a file.
 
-    def __init__(self, args: List[str], directory: Path, cwd: str = ROOT) -> None:
+    ``module`` is ``wsproxy`` or another front door (``wsproxy.websockify``);
+    ``env`` defaults to :func:`child_env`, ``stdin`` to ``/dev/null``.
+    """
+
+    def __init__(self, args: List[str], directory: Path, cwd: str = ROOT,
+                 module: str = "wsproxy", env: Optional[dict] = None,
+                 stdin=subprocess.DEVNULL) -> None:
         self.args = list(args)
+        self.module = module
         self.output_path = directory / "output.txt"
         with open(str(self.output_path), "wb") as output:
-            self.process = subprocess.Popen([sys.executable, "-m", "wsproxy"] + self.args,
-                                            cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen([sys.executable, "-m", module] + self.args,
+                                            cwd=cwd, env=env or child_env(), stdin=stdin,
                                             stdout=output, stderr=subprocess.STDOUT)
 
     @property
@@ -618,6 +625,18 @@ class WsproxyProcess:
             return condition()
         return wait_until(check, timeout, what)
 
+    def wait_log(self, text: str, timeout: float = EXIT_DEADLINE) -> None:
+        """Wait for ``text`` in the output; fail if the process ends without writing it."""
+        def seen():
+            if text in self.output():
+                return True
+            if not self.alive():
+                pytest.fail("%s %s exited with %s before writing %r: %s"
+                            % (self.module, " ".join(self.args), self.process.returncode, text,
+                               self.output()))
+            return False
+        wait_until(seen, timeout, lambda: "%r in the output:\n%s" % (text, self.output()))
+
     def wait_listening(self, port: int) -> None:
         self.wait_for(lambda: port_listens(port), "wsproxy to listen on port %d" % port)
 
@@ -632,23 +651,24 @@ class WsproxyProcess:
             pytest.fail("wsproxy %s still running after %.0fs: %s"
                         % (" ".join(self.args), timeout, self.output()))
 
-    def stop(self) -> None:
-        stop_process(self.process)
+    def stop(self) -> Optional[int]:
+        """SIGTERM and wait; the exit status, or None when it had to be killed."""
+        return stop_process(self.process)
 
 
 @pytest.fixture
 def wsproxy_process(tmp_path):
-    """Factory: ``wsproxy_process(*args)`` starts ``python -m wsproxy ARGS``.
+    """Factory: ``wsproxy_process(*args, cwd=ROOT, module="wsproxy")`` runs ``python -m MODULE``.
 
     Every process is stopped after the test, which fails if one printed a
     traceback.
     """
     started: List[WsproxyProcess] = []
 
-    def start(*args: str, cwd: str = ROOT) -> WsproxyProcess:
+    def start(*args: str, cwd: str = ROOT, module: str = "wsproxy") -> WsproxyProcess:
         directory = tmp_path / ("process%d" % len(started))
         directory.mkdir()
-        child = WsproxyProcess(list(args), directory, cwd=cwd)
+        child = WsproxyProcess(list(args), directory, cwd=cwd, module=module)
         started.append(child)
         return child
 

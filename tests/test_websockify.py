@@ -20,48 +20,11 @@ from pathlib import Path
 import pytest
 
 from certs import pki
-from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, ipv6_available,
-                      port_listens, stop_process, wait_until)
+from conftest import (EXIT_DEADLINE, ROOT, WsproxyProcess, child_env, echo_round_trip, free_port,
+                      ipv6_available, port_listens, wait_until)
 from wsclient import OP_BINARY, OP_PING, WSClient, build_request
 
 from wsproxy import websockify
-
-
-class Child:
-    """``python3 -m wsproxy.websockify ARGS`` run in ``cwd``, output in files."""
-
-    def __init__(self, args, cwd: Path, env=None, stdin=subprocess.DEVNULL) -> None:
-        self.args = list(args)
-        self.out_path = cwd / "child.out"
-        with open(str(self.out_path), "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wsproxy.websockify"] + self.args, cwd=str(cwd),
-                env=env or child_env(), stdin=stdin, stdout=out,
-                stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def wait_exit(self, timeout: float = EXIT_DEADLINE) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail("wsproxy-websockify %s did not exit; output:\n%s"
-                        % (" ".join(self.args), self.output()))
-
-    def wait_log(self, text: str) -> None:
-        def seen():
-            if text in self.output():
-                return True
-            if self.process.poll() is not None:
-                pytest.fail("wsproxy-websockify %s exited with %s before logging %r:\n%s"
-                            % (" ".join(self.args), self.process.returncode, text, self.output()))
-            return False
-        wait_until(seen, EXIT_DEADLINE, "%r in the output" % text)
-
-    def stop(self) -> None:
-        if self.process.poll() is None and stop_process(self.process) is None:
-            pytest.fail("wsproxy-websockify did not end on SIGTERM")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +37,8 @@ def children():
     started = []
     yield started
     for child in started:
-        child.stop()
+        if child.alive() and child.stop() is None:
+            pytest.fail("wsproxy-websockify did not end on SIGTERM")
 
 
 @pytest.fixture
@@ -445,8 +409,9 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         syslog.settimeout(10)
     try:
         args = [word.format(**fields) for word in line.split()]
-        child = Child(args, directory, env,
-                      inetd_socket.fileno() if inetd_socket else subprocess.DEVNULL)
+        child = WsproxyProcess(args, directory, cwd=str(directory), module="wsproxy.websockify",
+                               env=env, stdin=inetd_socket.fileno() if inetd_socket
+                               else subprocess.DEVNULL)
         if inetd_socket is not None:
             inetd_socket.close()  # the child has its copy
         children.append(child)
