@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from wsclient import OP_BINARY, open_session
 
 from wsproxy import ConfigError, Target
@@ -277,9 +277,7 @@ def test_json_token_api(token_api):
 
 def test_token_api_that_is_down_or_silent_gives_an_error_in_time():
     # Unreachable: nothing listens on the port.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     tokens = tokens_of("JSONTokenApi", "http://127.0.0.1:%d/%%s" % port)
     with pytest.raises(TokenLookupError, match="failed"):
         tokens.lookup("x")
