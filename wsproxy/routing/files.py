@@ -39,6 +39,13 @@ def _need(source: Optional[str], what: str, plugin: str) -> str:
     return os.path.abspath(os.path.expanduser(source))
 
 
+def _need_directory(source: Optional[str], what: str, plugin: str) -> str:
+    path = _need(source, what, plugin)
+    if not os.path.isdir(path):
+        raise ConfigError("token-source: %s needs a directory; %s is not one" % (plugin, path))
+    return path
+
+
 class ReadOnlyTokenFile(BuiltinPlugin):
     """``token: host:port`` lines from a file or a directory's files, read once.
 
@@ -136,10 +143,7 @@ class TokenFileName(BuiltinPlugin):
 
     def __init__(self, src: Optional[str]) -> None:
         super().__init__(src)
-        self.path = _need(src, "a directory", self.name)
-        if not os.path.isdir(self.path):
-            raise ConfigError("token-source: TokenFileName needs a directory; %s is not one"
-                              % self.path)
+        self.path = _need_directory(src, "a directory", self.name)
 
     def lookup(self, token: str) -> Optional[Target]:
         name = os.path.basename(token)
@@ -174,10 +178,7 @@ class UnixDomainSocketDirectory(BuiltinPlugin):
 
     def __init__(self, src: Optional[str]) -> None:
         super().__init__(src)
-        self.path = _need(src, "a directory of Unix sockets", self.name)
-        if not os.path.isdir(self.path):
-            raise ConfigError("token-source: UnixDomainSocketDirectory needs a directory; "
-                              "%s is not one" % self.path)
+        self.path = _need_directory(src, "a directory of Unix sockets", self.name)
 
     def lookup(self, token: str) -> Optional[Target]:
         if "\x00" in token:
