@@ -14,7 +14,7 @@ from typing import Dict, FrozenSet, Tuple
 
 import pytest
 
-from conftest import echo_round_trip, free_port, wait_until
+from conftest import echo_round_trip, free_port, run_wsproxy, wait_until
 from test_workers import SESSION_OPEN, started_workers
 from wsclient import WSClient, open_session
 
@@ -188,7 +188,6 @@ def test_metrics_is_read_only_and_off_by_default(proxy):
 
 
 def test_metrics_and_status_need_two_paths(echo_target):
-    from conftest import run_wsproxy
     result = run_wsproxy("-f", "--status", "/s", "--metrics", "/s",
                          "127.0.0.1:%d" % free_port(), echo_target.address)
     assert result.returncode == 2
