@@ -20,7 +20,7 @@ import hmac
 import http.client
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from wsproxy.plugins import MAX_STUCK  # noqa: F401  (public here too)
 from wsproxy.plugins import (AuthenticationError, BasePlugin, InvalidOriginError, PluginBusy,
