@@ -19,7 +19,9 @@ from conftest import free_port, wait_until
 from wsclient import OP_BINARY, open_session
 
 from wsproxy import ConfigError, Target
-from wsproxy.plugins import AuthenticationError, BasePlugin, load_plugin, parse_source_args
+import wsproxy.plugins
+from wsproxy.plugins import (AuthenticationError, BasePlugin, PluginBusy, PluginRunner,
+                             PluginTimeout, load_plugin, parse_source_args)
 from wsproxy.routing import TOKEN_PLUGINS, PluginTokens, TokenLookupError
 from wsproxy.routing.base import answer_to_target
 
@@ -363,6 +365,23 @@ def test_custom_plugin_that_hangs_is_given_up_on_at_the_deadline(custom_module):
     assert tokens.lookup("a") == Target(host="h", port=1)  # others still answered
     sys.modules[custom_module].Plugin.release.set()
     wait_until(lambda: tokens.runner.running == 0, message="the stuck call to end")
+
+
+def test_runner_bounds_the_calls_stuck_past_their_deadline(monkeypatch):
+    monkeypatch.setattr(wsproxy.plugins, "MAX_STUCK", 2)
+    release = threading.Event()
+    runner = PluginRunner(BasePlugin(), "test-plugin-call", timeout=0.05)
+    for _ in range(2):
+        with pytest.raises(PluginTimeout):
+            runner.run(release.wait)
+    with pytest.raises(PluginBusy) as busy:
+        runner.run(lambda: "never called")
+    assert busy.value.running == 2
+    release.set()
+    wait_until(lambda: runner.running == 0, message="the stuck calls to end")
+    assert runner.run(lambda: "answer") == "answer"
+    with pytest.raises(ZeroDivisionError):  # raised on the helper thread, handed over
+        runner.run(lambda: 1 // 0)
 
 
 def test_custom_plugin_refusing_its_source_is_a_config_error(custom_module):
