@@ -17,8 +17,8 @@ import tempfile
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, wait_until
-from test_config import port_listens, run_wsproxy, wsproxy_process  # noqa: F401  (fixture)
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, port_listens, run_wsproxy,
+                      wait_until)
 
 IS_ROOT = os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")

@@ -569,15 +569,20 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
         ready_pipe = daemon.detach(settings.log_file)
     configure_logging(settings, handlers)
     service.raise_open_file_limit()  # before --workers fork: they inherit it
-    try:
-        if settings.pid_file:
-            daemon.write_pid_file(settings.pid_file)
-    except daemon.DaemonError as exc:
+
+    def refuse(exc: Exception) -> int:
+        # A daemon's parent still waits on the pipe: the reason goes there.
         server.server_close()
         if ready_pipe is not None:
             daemon.report_ready(ready_pipe, str(exc))
             return 1
         return _fail(exc, 1)
+
+    try:
+        if settings.pid_file:
+            daemon.write_pid_file(settings.pid_file)
+    except daemon.DaemonError as exc:
+        return refuse(exc)
     try:
         if identity is not None:
             _drop_privileges(server, settings, identity)
@@ -586,11 +591,7 @@ def _start(settings: Settings, handlers: List[logging.Handler], signals: SignalI
         return _serve(server, settings, handlers, signals, ready_pipe, notifier=notifier,
                       announce=announce)
     except service.PrivilegeError as exc:
-        server.server_close()
-        if ready_pipe is not None:
-            daemon.report_ready(ready_pipe, str(exc))
-            return 1
-        return _fail(exc, 1)
+        return refuse(exc)
     finally:
         if settings.pid_file:
             daemon.remove_pid_file(settings.pid_file)
