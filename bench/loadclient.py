@@ -263,9 +263,13 @@ class Sessions:
         self.loop = asyncio.new_event_loop()
         self.streams: List[Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.open_errors: List[str] = []
-        started = time.monotonic()
+        self.open_times: List[float] = []
+        started, cpu_started = time.monotonic(), cpu_seconds()
         self.loop.run_until_complete(self._open_all())
         self.open_seconds = time.monotonic() - started
+        # How busy this client was while opening: far below 1 core means it waited on the proxy.
+        self.open_cores = (cpu_seconds() - cpu_started) / self.open_seconds if self.open_seconds else None
+        self.open_times.sort()
 
     def ready(self) -> dict:
         return {"opened": len(self.streams), "open_errors": len(self.open_errors),
@@ -279,6 +283,7 @@ class Sessions:
     async def _open_one(self, limit: asyncio.Semaphore) -> None:
         job = self.job
         async with limit:
+            started = time.monotonic()
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(job["host"], job["port"]), STEP_TIMEOUT)
@@ -288,6 +293,7 @@ class Sessions:
                 check_response(head, accept)
                 writer.write(message_frame(request("ECHO"), "binary", self.rng))
                 self.streams.append((reader, writer))
+                self.open_times.append(time.monotonic() - started)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                     asyncio.LimitOverrunError) as exc:
                 self.open_errors.append("%s: %s" % (exc.__class__.__name__, exc))
@@ -307,7 +313,9 @@ class Sessions:
         errors = [o for o in outcomes if not isinstance(o, list)]
         return {"sessions": self.job["sessions"], "completed": len(outcomes) - len(errors),
                 "errors": len(errors) + len(self.open_errors), "echo_seconds": seconds,
-                "open_seconds": self.open_seconds, "p50_us": percentile(times, 50),
+                "open_seconds": self.open_seconds, "open_cores": self.open_cores,
+                "open_p50_ms": percentile(self.open_times, 50) * 1000 if self.open_times else None,
+                "p50_us": percentile(times, 50),
                 "p99_us": percentile(times, 99), "first_errors": (self.open_errors + errors)[:3],
                 "sha_ok": not errors and not self.open_errors}
 

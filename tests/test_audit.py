@@ -19,8 +19,7 @@ import ssl
 import pytest
 
 import certs
-from conftest import free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401 (fixture)
+from conftest import free_port, run_wsproxy, wait_until
 from wsclient import OP_BINARY, WSClient, open_session
 
 PASSWORD = "correct horse battery staple"
@@ -198,7 +197,6 @@ def test_lines_are_appended_to_an_existing_file(proxy, tmp_path):
 
 
 def test_a_symbolic_link_is_refused_at_start(tmp_path, echo_target):
-    from test_config import run_wsproxy
     real = tmp_path / "elsewhere"
     real.write_text("")
     link = tmp_path / "audit.jsonl"

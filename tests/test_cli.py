@@ -13,25 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
-
-def run_wsproxy(*args, timeout: float = EXIT_DEADLINE) -> subprocess.CompletedProcess:
-    """Run ``python -m wsproxy ARGS`` to completion; fail if it does not exit."""
-    try:
-        return subprocess.run([sys.executable, "-m", "wsproxy"] + list(args), cwd=ROOT,
-                              env=child_env(), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired:
-        pytest.fail("wsproxy %s did not exit within %.0fs" % (" ".join(args), timeout))
-
-
-def port_listens(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, port_listens,
+                      run_wsproxy, wait_until)
 
 
 class Foreground:

@@ -2,23 +2,20 @@
 
 The pure reader (:mod:`wsproxy.config`) is tested in-process; everything
 the operator types is tested through ``python -m wsproxy`` run as a real
-child process.  :class:`WsproxyProcess` and :func:`run_wsproxy` are shared
-with ``test_signals.py`` and ``test_logging.py``.
+child process (:func:`conftest.run_wsproxy`, the ``wsproxy_process`` fixture).
 """
 
 import dataclasses
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
+from conftest import ROOT, echo_round_trip, free_port
+# Shared from conftest.py; older test files import them from here.
+from conftest import WsproxyProcess, port_listens, run_wsproxy, wsproxy_process  # noqa: F401
 from wsproxy import config
 from wsproxy.settings import ConfigError, Settings
 
@@ -29,103 +26,6 @@ EXAMPLE_OPTION_LINE = re.compile(r"^# ([a-z][a-z0-9-]*) =(?: (.*))?$")
 
 
 # -- running the command line ---------------------------------------------------------
-
-
-def run_wsproxy(*args: str, cwd: str = ROOT,
-                timeout: float = EXIT_DEADLINE) -> subprocess.CompletedProcess:
-    """Run ``python -m wsproxy ARGS`` to completion; fail the test if it hangs."""
-    try:
-        return subprocess.run([sys.executable, "-m", "wsproxy"] + list(args), cwd=cwd,
-                              env=child_env(), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired:
-        pytest.fail("wsproxy %s did not exit within %.0fs" % (" ".join(args), timeout))
-
-
-def port_listens(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-class WsproxyProcess:
-    """A running ``python -m wsproxy ARGS`` with standard output and error in a file."""
-
-    def __init__(self, args: List[str], directory: Path, cwd: str = ROOT) -> None:
-        self.args = list(args)
-        self.output_path = directory / "output.txt"
-        with open(str(self.output_path), "wb") as output:
-            self.process = subprocess.Popen([sys.executable, "-m", "wsproxy"] + self.args,
-                                            cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL,
-                                            stdout=output, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_for(self, condition, what: str, timeout: float = EXIT_DEADLINE):
-        """Poll ``condition`` while the process lives; fail naming ``what``."""
-        def check():
-            if not self.alive():
-                pytest.fail("wsproxy %s exited with %s while waiting for %s: %s"
-                            % (" ".join(self.args), self.process.returncode, what, self.output()))
-            return condition()
-        return wait_until(check, timeout, what)
-
-    def wait_listening(self, port: int) -> None:
-        self.wait_for(lambda: port_listens(port), "wsproxy to listen on port %d" % port)
-
-    def send_signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
-
-    def wait_exit(self, timeout: float = EXIT_DEADLINE) -> int:
-        """Wait for the process to end by itself; return its exit status."""
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail("wsproxy %s still running after %.0fs: %s"
-                        % (" ".join(self.args), timeout, self.output()))
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(EXIT_DEADLINE)
-
-
-@pytest.fixture
-def wsproxy_process(tmp_path):
-    """Factory: ``wsproxy_process(*args)`` starts ``python -m wsproxy ARGS``.
-
-    Every process is stopped after the test, which fails if one printed a
-    traceback.
-    """
-    started: List[WsproxyProcess] = []
-
-    def start(*args: str, cwd: str = ROOT) -> WsproxyProcess:
-        directory = tmp_path / ("process%d" % len(started))
-        directory.mkdir()
-        child = WsproxyProcess(list(args), directory, cwd=cwd)
-        started.append(child)
-        return child
-
-    yield start
-    for child in started:
-        child.stop()
-    for child in started:
-        assert "Traceback" not in child.output(), child.output()
 
 
 def write_config(path: Path, body: str) -> str:

@@ -13,8 +13,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, child_env, echo_round_trip, free_port, wait_until
-from test_config import port_listens
+from conftest import ROOT, child_env, echo_round_trip, free_port, port_listens, wait_until
 
 SOFT, HARD = 32, 40
 FLOOD = 60

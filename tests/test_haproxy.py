@@ -258,6 +258,9 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Connected into the backlog just as the listener closed: ask again.
+        return False
     return False
 
 

@@ -10,14 +10,12 @@ import re
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, free_port, wait_until
-from test_config import port_listens, run_wsproxy, wsproxy_process  # noqa: F401  (fixture)
+from conftest import EXIT_DEADLINE, free_port, port_listens, run_wsproxy, wait_until
 from wsclient import open_session
 
 #: Every line the file handler writes starts like this.

@@ -8,17 +8,15 @@ both), across SIGHUP (counters never go down), and behind ``--metrics-allow``.
 """
 
 import http.client
-import os
 import re
 import signal
 from typing import Dict, FrozenSet, Tuple
 
 import pytest
 
-from conftest import free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401 (fixture)
+from conftest import echo_round_trip, free_port, run_wsproxy, wait_until
 from test_workers import SESSION_OPEN, started_workers
-from wsclient import OP_BINARY, WSClient, open_session
+from wsclient import WSClient, open_session
 
 from wsproxy.observe.metrics import DURATION_BUCKETS, MetricsStore, render
 
@@ -83,16 +81,6 @@ def scrape(port) -> Samples:
     assert status == 200, (status, body)
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     return parse_exposition(body.decode("utf-8"))
-
-
-def echo_session(port, size: int, close_code: int = 1000) -> None:
-    payload = os.urandom(size)
-    with open_session(port, protocols=["binary"]) as ws:
-        ws.send_binary(payload)
-        assert ws.recv_stream(size, opcode=OP_BINARY) == payload
-        ws.send_close(close_code)
-        assert ws.recv_close()[0] == close_code
-        ws.expect_closed()
 
 
 # -- the text, from the store alone -------------------------------------------------------
@@ -166,8 +154,8 @@ def test_render_takes_blocks_of_counters():
 def test_metrics_page_counts_sessions_and_refusals(proxy):
     running = proxy(metrics="/metrics", status="/status")
     assert value(scrape(running.port), "wsproxy_sessions_opened_total") == 0
-    echo_session(running.port, 1000)
-    echo_session(running.port, 500, close_code=4000)
+    echo_round_trip(running.port, size=1000)
+    echo_round_trip(running.port, size=500, close_code=4000)
     with WSClient(running.port) as ws:
         ws.handshake(expect_status=426, headers={"Sec-WebSocket-Version": "8"})
     with open_session(running.port) as held:
@@ -200,7 +188,6 @@ def test_metrics_is_read_only_and_off_by_default(proxy):
 
 
 def test_metrics_and_status_need_two_paths(echo_target):
-    from test_config import run_wsproxy
     result = run_wsproxy("-f", "--status", "/s", "--metrics", "/s",
                          "127.0.0.1:%d" % free_port(), echo_target.address)
     assert result.returncode == 2
@@ -244,7 +231,7 @@ def test_every_worker_in_every_scrape_and_counters_survive_sighup(wsproxy_proces
     sessions = 0
     for _round in range(40):  # the kernel picks the worker: go on until both served one
         for _ in range(3):
-            echo_session(port, 100)
+            echo_round_trip(port, size=100)
             sessions += 1
         served = {int(pid) for pid, _number in SESSION_OPEN.findall(child.output())}
         if served >= worker_pids:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, echo_round_trip, free_port, wait_until
+from conftest import EXIT_DEADLINE, ROOT, echo_round_trip, free_port, port_listens, wait_until
 
 LAUNCHER = "/usr/share/novnc/utils/novnc_proxy"
 
@@ -68,14 +68,6 @@ def test_novnc_launcher_starts_wsproxy_as_websockify(websockify_on_path, tmp_pat
             except subprocess.TimeoutExpired:
                 os.killpg(launcher.pid, signal.SIGKILL)
                 launcher.wait()
-    wait_until(lambda: not _listens(port), EXIT_DEADLINE,
+    wait_until(lambda: not port_listens(port), EXIT_DEADLINE,
                "the launcher's cleanup to stop wsproxy-websockify")
     assert "Traceback" not in text(), text()
-
-
-def _listens(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

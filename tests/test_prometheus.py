@@ -19,9 +19,8 @@ import urllib.request
 
 import pytest
 
-from conftest import EXIT_DEADLINE, free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401 (fixture)
-from wsclient import OP_BINARY, WSClient, open_session
+from conftest import echo_round_trip, free_port, stop_process, wait_until
+from wsclient import WSClient, open_session
 
 #: How long Prometheus may take to start and to scrape what the test expects.
 PROMETHEUS_DEADLINE = 20.0
@@ -88,13 +87,7 @@ class Prometheus:
         return result[0][1] if len(result) == 1 else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(EXIT_DEADLINE)
+        stop_process(self.process)
 
 
 @pytest.fixture
@@ -118,16 +111,6 @@ def prometheus(tmp_path):
         server.stop()
 
 
-def echo_session(port: int, size: int, close_code: int = 1000) -> None:
-    payload = os.urandom(size)
-    with open_session(port, protocols=["binary"]) as ws:
-        ws.send_binary(payload)
-        assert ws.recv_stream(size, opcode=OP_BINARY) == payload
-        ws.send_close(close_code)
-        assert ws.recv_close()[0] == close_code
-        ws.expect_closed()
-
-
 def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_process,
                                                            echo_target):
     # Prometheus first: it hands targets to its scrapers only every 5 s (its
@@ -140,9 +123,9 @@ def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_
     sizes = [1000, 2500, 70000, 10, 10, 10]
     with open_session(port, protocols=["binary"]) as held:
         for size in sizes[:3]:
-            echo_session(port, size)
+            echo_round_trip(port, size=size)
         for size in sizes[3:]:
-            echo_session(port, size, close_code=4000)
+            echo_round_trip(port, size=size, close_code=4000)
         with WSClient(port) as refused:
             refused.handshake(expect_status=426, headers={"Sec-WebSocket-Version": "7"})
         wait_until(lambda: server.value("sum(wsproxy_sessions_closed_total)") == 6,
@@ -153,7 +136,7 @@ def test_prometheus_scrapes_every_worker_while_sessions_run(prometheus, wsproxy_
         child.send_signal(signal.SIGHUP)
         child.wait_for(lambda: child.output().count("SIGHUP: log reopened") >= reloads + 2,
                        "both workers to reload")
-        echo_session(port, 5)
+        echo_round_trip(port, size=5)
         wait_until(lambda: server.value("sum(wsproxy_sessions_closed_total)") == 7,
                    PROMETHEUS_DEADLINE, "prometheus to see the seventh closed session")
         # Read back while the held session still runs.

@@ -15,11 +15,13 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from wsclient import OP_BINARY, open_session
 
 from wsproxy import ConfigError, Target
-from wsproxy.plugins import AuthenticationError, BasePlugin, load_plugin, parse_source_args
+import wsproxy.plugins
+from wsproxy.plugins import (AuthenticationError, BasePlugin, PluginBusy, PluginRunner,
+                             PluginTimeout, load_plugin, parse_source_args)
 from wsproxy.routing import TOKEN_PLUGINS, PluginTokens, TokenLookupError
 from wsproxy.routing.base import answer_to_target
 
@@ -277,9 +279,7 @@ def test_json_token_api(token_api):
 
 def test_token_api_that_is_down_or_silent_gives_an_error_in_time():
     # Unreachable: nothing listens on the port.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     tokens = tokens_of("JSONTokenApi", "http://127.0.0.1:%d/%%s" % port)
     with pytest.raises(TokenLookupError, match="failed"):
         tokens.lookup("x")
@@ -364,7 +364,24 @@ def test_custom_plugin_that_hangs_is_given_up_on_at_the_deadline(custom_module):
         tokens.lookup("slow")
     assert tokens.lookup("a") == Target(host="h", port=1)  # others still answered
     sys.modules[custom_module].Plugin.release.set()
-    wait_until(lambda: tokens._running == 0, message="the stuck call to end")
+    wait_until(lambda: tokens.runner.running == 0, message="the stuck call to end")
+
+
+def test_runner_bounds_the_calls_stuck_past_their_deadline(monkeypatch):
+    monkeypatch.setattr(wsproxy.plugins, "MAX_STUCK", 2)
+    release = threading.Event()
+    runner = PluginRunner(BasePlugin(), "test-plugin-call", timeout=0.05)
+    for _ in range(2):
+        with pytest.raises(PluginTimeout):
+            runner.run(release.wait)
+    with pytest.raises(PluginBusy) as busy:
+        runner.run(lambda: "never called")
+    assert busy.value.running == 2
+    release.set()
+    wait_until(lambda: runner.running == 0, message="the stuck calls to end")
+    assert runner.run(lambda: "answer") == "answer"
+    with pytest.raises(ZeroDivisionError):  # raised on the helper thread, handed over
+        runner.run(lambda: 1 // 0)
 
 
 def test_custom_plugin_refusing_its_source_is_a_config_error(custom_module):

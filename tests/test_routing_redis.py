@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from conftest import free_port
 from wsclient import OP_BINARY, open_session
 
 from wsproxy import ConfigError, Target
@@ -74,9 +75,7 @@ def test_malformed_sources_are_config_errors(source):
 
 
 def test_redis_down_or_silent_gives_503_in_time():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(TokenLookupError, match="unreachable"):
         PluginTokens("TokenRedis", "127.0.0.1:%d" % port).lookup("t")
     with socket.socket() as silent:

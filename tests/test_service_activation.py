@@ -8,7 +8,6 @@ input.  ``systemd-analyze verify`` checks the shipped unit files.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
-from test_config import port_listens, run_wsproxy
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, port_listens,
+                      run_wsproxy, stop_process, wait_until)
 from wsclient import accept_for, build_request
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -38,14 +37,10 @@ class Child:
         return self.output_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(EXIT_DEADLINE)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(EXIT_DEADLINE)
+        status = stop_process(self.process)
+        if status is None:
             pytest.fail("the child did not stop on SIGTERM: %s" % self.output())
+        return status
 
 
 @pytest.fixture

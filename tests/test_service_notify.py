@@ -17,7 +17,6 @@ from typing import Dict, List
 import pytest
 
 from conftest import EXIT_DEADLINE, free_port, wait_until
-from test_config import wsproxy_process  # noqa: F401  (fixture)
 from wsclient import open_session
 
 from wsproxy import ProxyServer, Settings

@@ -17,8 +17,8 @@ import tempfile
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, wait_until
-from test_config import port_listens, run_wsproxy, wsproxy_process  # noqa: F401  (fixture)
+from conftest import (EXIT_DEADLINE, ROOT, child_env, echo_round_trip, port_listens, run_wsproxy,
+                      wait_until)
 
 IS_ROOT = os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")
@@ -65,7 +65,8 @@ def test_user_nobody_after_binding_a_low_port(wsproxy_process, echo_target, shar
                             pid_file, "--record", record, "127.0.0.1:%d" % port,
                             "localhost:%d" % echo_target.port)
     child.wait_listening(port)
-    wait_until(lambda: "running as user nobody" in open(log_file).read(), EXIT_DEADLINE,
+    # The port listens before the log file is opened: wait for the file too.
+    wait_until(lambda: "running as user nobody" in _read(log_file), EXIT_DEADLINE,
                "the switch to be logged")
     status = proc_status(child.pid)
     assert status["Uid"] == [str(nobody.pw_uid)] * 4, status["Uid"]
@@ -136,3 +137,12 @@ def test_workers_are_forked_after_the_switch(wsproxy_process, echo_target):
         echo_round_trip(port)
     child.send_signal(15)
     assert child.wait_exit() == 0
+
+
+def _read(path: str) -> str:
+    """The file's text, or "" while it does not exist yet."""
+    try:
+        with open(path) as file:
+            return file.read()
+    except FileNotFoundError:
+        return ""

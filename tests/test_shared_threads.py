@@ -22,60 +22,6 @@ from wsproxy.server import UnixProxyServer
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
-class FloodTarget:
-    """A target that sends to every connection as fast as it is read, until it closes."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port = self.listener.getsockname()[1]
-        self.connections = []
-        self._threads = []
-        self._lock = threading.Lock()
-        self._accepting = threading.Thread(target=self._accept, daemon=True, name="flood-accept")
-        self._accepting.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._flood, args=(sock,), daemon=True,
-                                      name="flood-conn")
-            with self._lock:
-                self.connections.append(sock)
-                self._threads.append(thread)
-            thread.start()
-
-    @staticmethod
-    def _flood(sock: socket.socket) -> None:
-        chunk = b"\x5a" * 65536
-        try:
-            while True:
-                sock.sendall(chunk)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self._accepting.join(5)
-        with self._lock:
-            connections, threads = list(self.connections), list(self._threads)
-        for sock in connections:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(5)
-        for sock in connections:
-            sock.close()
-
-
 def session_of(server: ProxyServer, client: WSClient):
     """The server's handler for ``client``'s session."""
     def find():
@@ -202,26 +148,23 @@ def test_a_client_with_a_full_buffer_does_not_stop_idle_closes_for_others(unix_p
 # -- 6: shutdown closes every session at once ----------------------------------------------
 
 
-def test_shutdown_with_20_clients_that_stopped_reading_takes_one_grace_period(proxy,
+def test_shutdown_with_20_clients_that_stopped_reading_takes_one_grace_period(proxy, make_target,
                                                                               monkeypatch):
     grace = 1.0
     monkeypatch.setattr(relay_module, "CLOSE_TIMEOUT", grace)
     monkeypatch.setattr(server_module, "SHUTDOWN_GRACE", grace)
-    target = FloodTarget()
-    try:
-        running = proxy(target_port=target.port)
-        clients = [running.session(protocols=["binary"]) for _ in range(20)]
-        handlers = [session_of(running.server, client) for client in clients]
-        # Every downstream pump is blocked writing to a client that reads nothing.
-        wait_until(lambda: all(h.relay._client_lock.locked() for h in handlers), 10,
-                   "every session to block on its client")
-        started = time.monotonic()
-        running.server.shutdown()
-        took = time.monotonic() - started
-        assert running.server.open_sessions == 0
-        assert took < grace + 1.5, "shutdown took %.1f s" % took
-    finally:
-        target.stop()
+    target = make_target(flood=True)
+    running = proxy(target_port=target.port)
+    clients = [running.session(protocols=["binary"]) for _ in range(20)]
+    handlers = [session_of(running.server, client) for client in clients]
+    # Every downstream pump is blocked writing to a client that reads nothing.
+    wait_until(lambda: all(h.relay._client_lock.locked() for h in handlers), 10,
+               "every session to block on its client")
+    started = time.monotonic()
+    running.server.shutdown()
+    took = time.monotonic() - started
+    assert running.server.open_sessions == 0
+    assert took < grace + 1.5, "shutdown took %.1f s" % took
 
 
 # -- 7: no session after shutdown() ------------------------------------------------------

@@ -27,27 +27,13 @@ import pytest
 
 from certs import pki
 from conftest import (EXIT_DEADLINE, ROOT, THREAD_DEADLINE, RunningProxy, child_env, free_port,
-                      wait_until)
+                      ipv6_available, port_listens, wait_until)
 from wsclient import OP_BINARY, WSClient, build_request
 
 from wsproxy import ConfigError, ProxyRequestHandler, ProxyServer, Settings
 from wsproxy.protocol.proxy_protocol import Command, TLVType, parse_header, parse_tlvs
 
 PAYLOAD = os.urandom(3000)
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="IPv6 loopback (::1) not available")
 
 
 @pytest.fixture(scope="module")
@@ -460,8 +446,7 @@ def test_haproxy_reads_the_authority_and_unique_id_tlvs(make_target, wsproxy_log
     try:
         def listening() -> bool:
             assert haproxy.poll() is None, "haproxy exited: %s" % log_path.read_text()
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
+            return port_listens(port)
         wait_until(listening, EXIT_DEADLINE, "haproxy to listen")
         running = start_proxy(("127.0.0.1", 0), target_host="127.0.0.1", target_port=port,
                               target_proxy_protocol="v2")

@@ -18,7 +18,7 @@ from typing import List, Optional
 import pytest
 
 import certs
-from conftest import THREAD_DEADLINE, RunningProxy, echo_round_trip, free_port
+from conftest import THREAD_DEADLINE, RunningProxy, echo_round_trip, free_port, needs_ipv6
 from wsclient import OP_BINARY, WSClient, open_session
 
 PAYLOAD = os.urandom(3000)
@@ -102,20 +102,6 @@ class EchoServer:
                 pass
         for thread in threads:
             thread.join(THREAD_DEADLINE)
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="IPv6 loopback (::1) not available")
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 
 from certs import pki
 from conftest import EXIT_DEADLINE, free_port
-from test_config import wsproxy_process  # noqa: F401  (fixture)
 from test_tls import TLSClient, client_context
 
 OP_BINARY = 0x2

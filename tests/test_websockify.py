@@ -11,7 +11,6 @@ and stops the child.  Listening addresses are loopback only.
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -21,70 +20,11 @@ from pathlib import Path
 import pytest
 
 from certs import pki
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
+from conftest import (EXIT_DEADLINE, ROOT, WsproxyProcess, child_env, echo_round_trip, free_port,
+                      ipv6_available, port_listens, wait_until)
 from wsclient import OP_BINARY, OP_PING, WSClient, build_request
 
 from wsproxy import websockify
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-def listens(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-class Child:
-    """``python3 -m wsproxy.websockify ARGS`` run in ``cwd``, output in files."""
-
-    def __init__(self, args, cwd: Path, env=None, stdin=subprocess.DEVNULL) -> None:
-        self.args = list(args)
-        self.out_path = cwd / "child.out"
-        with open(str(self.out_path), "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wsproxy.websockify"] + self.args, cwd=str(cwd),
-                env=env or child_env(), stdin=stdin, stdout=out,
-                stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def wait_exit(self, timeout: float = EXIT_DEADLINE) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail("wsproxy-websockify %s did not exit; output:\n%s"
-                        % (" ".join(self.args), self.output()))
-
-    def wait_log(self, text: str) -> None:
-        def seen():
-            if text in self.output():
-                return True
-            if self.process.poll() is not None:
-                pytest.fail("wsproxy-websockify %s exited with %s before logging %r:\n%s"
-                            % (" ".join(self.args), self.process.returncode, text, self.output()))
-            return False
-        wait_until(seen, EXIT_DEADLINE, "%r in the output" % text)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail("wsproxy-websockify did not end on SIGTERM")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +37,8 @@ def children():
     started = []
     yield started
     for child in started:
-        child.stop()
+        if child.alive() and child.stop() is None:
+            pytest.fail("wsproxy-websockify did not end on SIGTERM")
 
 
 @pytest.fixture
@@ -274,7 +215,7 @@ def check_heartbeat_ping(run):
 def check_run_once_exits(run):
     echo_round_trip(run.port)
     assert run.child.wait_exit() == 0
-    assert not listens(run.port)
+    assert not port_listens(run.port)
 
 
 def check_exits_by_itself(run):
@@ -319,7 +260,7 @@ def check_daemon(run):
     # The launcher returned 0 once the daemon listened; --run-once ends the daemon.
     assert run.child.process.returncode == 0, run.child.output()
     echo_round_trip(run.port)
-    wait_until(lambda: not listens(run.port), message="the daemon to exit after --run-once")
+    wait_until(lambda: not port_listens(run.port), message="the daemon to exit after --run-once")
 
 
 # -- the table ------------------------------------------------------------------------
@@ -423,7 +364,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         host = localhost_preferring_ipv6()
     elif "::1" in line:
         host = "::1"
-        if not ipv6_loopback():
+        if not ipv6_available():
             pytest.skip("this machine has no IPv6 loopback")
     directory = _prepare(tmp_path, echo_target)
     tls_files = None
@@ -454,7 +395,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         tls_port = free_port()
         socat_servers("OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,verify=0"
                       % (tls_port, tls_files.combined))
-        wait_until(lambda: listens(tls_port), message="socat's TLS echo target")
+        wait_until(lambda: port_listens(tls_port), message="socat's TLS echo target")
         fields["tls_target"] = tls_port
         env["SSL_CERT_FILE"] = tls_files.ca  # the target's CA, as the system store
     if "{unix_target}" in line:
@@ -468,8 +409,9 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
         syslog.settimeout(10)
     try:
         args = [word.format(**fields) for word in line.split()]
-        child = Child(args, directory, env,
-                      inetd_socket.fileno() if inetd_socket else subprocess.DEVNULL)
+        child = WsproxyProcess(args, directory, cwd=str(directory), module="wsproxy.websockify",
+                               env=env, stdin=inetd_socket.fileno() if inetd_socket
+                               else subprocess.DEVNULL)
         if inetd_socket is not None:
             inetd_socket.close()  # the child has its copy
         children.append(child)
@@ -479,7 +421,7 @@ def test_websockify_command_line(name, line, checks, tmp_path, request, echo_tar
             wait_until(lambda: os.path.exists(str(directory / "ws.sock")), EXIT_DEADLINE,
                        lambda: "the Unix socket; output:\n" + child.output())
         else:
-            wait_until(lambda: listens(port, host) or child.process.poll() not in (None, 0),
+            wait_until(lambda: port_listens(port, host) or child.process.poll() not in (None, 0),
                        EXIT_DEADLINE, lambda: "the child to listen; output:\n" + child.output())
             assert child.process.poll() in (None, 0), child.output()
         if "-D" not in args and "--daemon" not in args:

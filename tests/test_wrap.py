@@ -6,67 +6,23 @@ starts and SIGTERM stops to a file the test reads.
 """
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXIT_DEADLINE, ROOT, child_env, echo_round_trip, free_port, wait_until
+from conftest import ROOT, echo_round_trip, free_port, wait_until
 from wsclient import WSClient
 
 ECHO = os.path.join(ROOT, "tests", "wrapped_echo.py")
 
 
-class Wrapper:
-    """``python3 -m MODULE ARGS`` in the foreground, output in a file."""
-
-    def __init__(self, module: str, args, directory: Path) -> None:
-        self.args = list(args)
-        self.out_path = directory / ("%s.out" % module)
-        with open(str(self.out_path), "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", module] + self.args,
-                                            cwd=str(directory), env=child_env(),
-                                            stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = EXIT_DEADLINE) -> None:
-        wait_until(lambda: text in self.output(), timeout,
-                   lambda: "%r in the output:\n%s" % (text, self.output()))
-
-    def wait_exit(self) -> int:
-        try:
-            return self.process.wait(EXIT_DEADLINE)
-        except subprocess.TimeoutExpired:
-            pytest.fail("wsproxy did not exit; output:\n" + self.output())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(EXIT_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail("wsproxy did not end on SIGTERM")
-
-
 @pytest.fixture
-def wrapper(tmp_path):
-    started = []
-
-    def start(*args, module: str = "wsproxy") -> Wrapper:
-        child = Wrapper(module, args, tmp_path)
-        started.append(child)
-        return child
-
-    yield start
-    for child in started:
-        child.stop()
+def wrapper(wsproxy_process, tmp_path):
+    """Factory: ``wrapper(*args, module="wsproxy")``: ``python3 -m MODULE ARGS`` in tmp_path."""
+    def start(*args, module: str = "wsproxy"):
+        return wsproxy_process(*args, cwd=str(tmp_path), module=module)
+    return start
 
 
 def program_log(tmp_path: Path, kind: str = "start"):

@@ -15,7 +15,6 @@ import wsproxy.relay as relay_module
 
 from certs import pki
 from conftest import wait_until
-from test_shared_threads import FloodTarget
 from test_tls import TLSClient, client_context
 from wsclient import OP_BINARY, encode_frame, open_session
 
@@ -31,10 +30,9 @@ def short_close_timeout(monkeypatch):
 
 
 @pytest.fixture
-def flood_target():
-    target = FloodTarget()
-    yield target
-    target.stop()
+def flood_target(make_target):
+    """A target that sends to every connection as fast as it is read."""
+    return make_target(flood=True)
 
 
 def test_the_default_is_five_minutes_and_zero_means_never():
@@ -53,7 +51,7 @@ def test_a_client_that_reads_nothing_ends_its_session(proxy, flood_target, wspro
     assert time.monotonic() - started < STALL + 1.0 + 1.5
     line = wsproxy_log.wait_for(lambda text: "closed:" in text, what="the close line")
     assert "close 1006" in line and "the peer accepted no byte for 0.5 s (--write-timeout)" in line
-    wait_until(lambda: flood_target.connections and _closed(flood_target.connections[0]), 5,
+    wait_until(lambda: flood_target.connections and _closed(flood_target.connections[0].sock), 5,
                "the target connection to be closed")
 
 

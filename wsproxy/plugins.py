@@ -11,18 +11,23 @@ loads unchanged by its dotted path; one that imports websockify's base class
 or error changes that one import line to ``from wsproxy.plugins import ...``.
 
 :func:`load_plugin` turns a name into a class: a bare name picks a built-in
-from a table, a dotted path imports the module.  Nothing here opens a
-socket.
+from a table, a dotted path imports the module; :func:`build_plugin` also
+builds it.  :class:`PluginRunner` runs the calls to a plugin from
+elsewhere on helper threads under a deadline.  Nothing here opens a socket.
 """
 
 import importlib
 import re
-from typing import List, Mapping, Optional
+import threading
+from typing import Any, Callable, List, Mapping, Optional
 
 from .settings import ConfigError
 
-__all__ = ["AuthenticationError", "BasePlugin", "InvalidOriginError", "load_plugin",
-           "parse_source_args"]
+__all__ = ["AuthenticationError", "BasePlugin", "InvalidOriginError", "PluginBusy",
+           "PluginRunner", "PluginTimeout", "build_plugin", "load_plugin", "parse_source_args"]
+
+#: Plugin calls past their deadline that may still be running; more are refused at once.
+MAX_STUCK = 16
 
 
 class BasePlugin:
@@ -127,3 +132,92 @@ def load_plugin(name: str, builtins: Mapping[str, str], option: str) -> type:
         raise ConfigError("%s: module %s has no class %s" % (option, module_name, class_name))
     return plugin
 
+
+
+def build_plugin(name: str, builtins: Mapping[str, str], option: str, source_option: str,
+                 source: Optional[str]) -> Any:
+    """The plugin ``name`` built as ``cls(source)``.
+
+    Raises :class:`ConfigError` naming ``option`` when the class cannot be
+    loaded or its constructor fails (websockify's plugins may even
+    ``sys.exit()``); a ConfigError the constructor raises passes as it is.
+    """
+    plugin_class = load_plugin(name, builtins, option)
+    try:
+        return plugin_class(source)
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise ConfigError("%s: %s refused --%s: %s: %s"
+                          % (option, name, source_option, type(exc).__name__, exc)) from None
+
+
+class PluginBusy(Exception):
+    """:data:`MAX_STUCK` calls are still running past their deadline; ``running`` says how many."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(running)
+        self.running = running
+
+
+class PluginTimeout(Exception):
+    """The call gave no answer within the deadline (it may still be running)."""
+
+
+class PluginRunner:
+    """Calls into ``plugin``, each bounded by ``timeout`` seconds unless the plugin is ``bounded``.
+
+    A built-in plugin (``bounded = True``) bounds its own calls and is
+    called directly.  Any other plugin's call runs on a helper thread named
+    ``thread_name``; a call that has not answered within ``timeout`` is
+    given up on (the thread cannot be stopped), and while :data:`MAX_STUCK`
+    such calls are still running a new one is refused at once, so a hung
+    plugin cannot pile up threads.
+    """
+
+    def __init__(self, plugin: Any, thread_name: str, timeout: float) -> None:
+        self.plugin = plugin
+        self.thread_name = thread_name
+        self.timeout = timeout
+        self.bounded = bool(getattr(plugin, "bounded", False))
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Calls on helper threads that have not returned yet."""
+        with self._lock:
+            return self._running
+
+    def run(self, call: Callable[[], Any]) -> Any:
+        """``call()``'s result, or what it raised.
+
+        Raises :class:`PluginBusy` when too many calls are stuck and
+        :class:`PluginTimeout` when this one gave no answer in time.
+        """
+        if self.bounded:
+            return call()
+        with self._lock:
+            if self._running >= MAX_STUCK:
+                raise PluginBusy(self._running)
+            self._running += 1
+        outcome: List[Any] = []
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+            finally:
+                with self._lock:
+                    self._running -= 1
+                finished.set()
+
+        threading.Thread(target=run, name=self.thread_name, daemon=True).start()
+        if not finished.wait(self.timeout):
+            raise PluginTimeout()
+        returned, value = outcome[0]
+        if not returned:
+            raise value
+        return value

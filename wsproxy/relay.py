@@ -136,12 +136,6 @@ class Relay:
         if self._finished.is_set():
             self._watchdog.cancel()
 
-    def close_in_background(self, code: int, reason: str) -> None:
-        """:meth:`close` on a short-lived thread, so the caller never waits."""
-        self.closing = True
-        threading.Thread(target=self.close, args=(code, reason), daemon=True,
-                         name="wsproxy-close").start()
-
     def _abort_if_running(self) -> None:
         if not self._finished.is_set():
             self.client.abort()

@@ -55,6 +55,12 @@ _ACCEPT_EXHAUSTED = frozenset(getattr(errno, name) for name in
                               ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM") if hasattr(errno, name))
 #: Seconds the accept loop pauses after such an error.
 ACCEPT_BACKOFF = 0.1
+#: While the handshake phase is full, how long the accept loop waits for a place to free
+#: before letting ``process_request`` decide (see ``verify_request``); shorter than
+#: ``STALL_GRACE``, so that waiting never ages silent connections into evictable ones; after
+#: a wait in vain the accept loop does not wait again for ``_IMPATIENT`` seconds.
+ADMISSION_PATIENCE = STALL_GRACE / 2
+_IMPATIENT = 1.0
 #: Unanswered heartbeat pings before a session is closed.
 HEARTBEAT_MISSES = 3
 
@@ -73,7 +79,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 1024
+    #: The listen backlog (the kernel caps it at net.core.somaxconn): a burst of thousands of
+    #: connections waits here, not in SYN retransmits of 1, 3, 7 s.
+    request_queue_size = 4096
 
     def __init__(self, server_address: Tuple[str, int], settings: Optional[Settings] = None,
                  handler_class: type = ProxyRequestHandler,
@@ -103,6 +111,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._pending = PendingHandshakes(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
                                           STALL_GRACE)
         self._per_address = AddressCounter(self.settings.max_connections_per_ip)
+        self._impatient_until = 0.0
         #: Warnings one kind of event can repeat at will (a flood) go through this.
         self.warnings = Throttle(logger)
         self._numbers = itertools.count(1)
@@ -156,6 +165,42 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                                       interval=60.0)
                 time.sleep(ACCEPT_BACKOFF)
             raise
+
+    def verify_request(self, request, client_address) -> bool:
+        """Backpressure: while the handshake phase is full and moving, wait for a place.
+
+        A burst of prompt clients (thousands opened at once from one
+        address) fills the pending-handshake bound only because their
+        threads have not all run yet; places keep freeing, so the accept
+        loop waits for one (the rest wait in the listen backlog) instead of
+        resetting connections.  When no place frees for
+        ``ADMISSION_PATIENCE`` seconds (silent connections hold them),
+        ``process_request`` decides as before (refuses, or evicts a stalled
+        one), and does so without waiting for the next ``_IMPATIENT``
+        seconds, so a flood is turned away at full speed.
+        """
+        bound = self._pending.limit
+        if self._pending_handshakes < bound:
+            return True
+        now = time.monotonic()
+        if now < self._impatient_until:
+            return True
+        last, moved = self._pending_handshakes, now
+        while self._pending_handshakes >= bound and not self._accept_stopping():
+            time.sleep(0.002)
+            now = time.monotonic()
+            if self._pending_handshakes < last:
+                moved = now  # a handshake finished: the phase is moving
+            elif now - moved >= ADMISSION_PATIENCE:
+                self._impatient_until = now + _IMPATIENT
+                break
+            last = self._pending_handshakes
+            self.loop_turned = now  # waiting here is the accept loop at work
+        return True
+
+    def _accept_stopping(self) -> bool:
+        """True once ``shutdown()``/``stop_accepting()`` asked ``serve_forever`` to return."""
+        return self._stopping.is_set() or getattr(self, "_BaseServer__shutdown_request", False)
 
     def process_request(self, request, client_address) -> None:
         """Start the connection's thread, unless too many are still handshaking.

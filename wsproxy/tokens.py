@@ -50,6 +50,41 @@ RECHECK_INTERVAL = 1.0
 _Signature = Union[None, str, Tuple[Tuple[str, int, int, int], ...]]
 
 
+def source_files(source: str, hidden: bool) -> List[str]:
+    """The regular files a file-or-directory token source stands for, in sorted name order.
+
+    A file stands for itself; a directory for its regular files (names
+    starting with ``.`` only when ``hidden``).  Raises ``OSError`` when the
+    source is missing or cannot be listed.
+    """
+    if not os.path.isdir(source):
+        os.stat(source)  # raises when missing or unreachable
+        return [source]
+    files = []
+    for name in sorted(os.listdir(source)):
+        if name.startswith(".") and not hidden:
+            continue
+        path = os.path.join(source, name)
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
+                files.append(path)
+        except OSError:
+            continue  # vanished between listdir and stat, or a dangling link
+    return files
+
+
+def files_signature(paths: List[str]) -> Tuple[Tuple[str, int, int, int], ...]:
+    """What ``paths`` look like now: (path, mtime, size, inode) each; ``OSError`` if one is gone.
+
+    Two equal signatures mean the files need not be read again.
+    """
+    signature = []
+    for path in paths:
+        st = os.stat(path)
+        signature.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(signature)
+
+
 class TokenTable:
     """A thread-safe ``token -> Target`` table read from a file or directory.
 
@@ -100,29 +135,9 @@ class TokenTable:
 
     # -- reading -------------------------------------------------------------
 
-    def _files(self) -> List[str]:
-        """The files the source stands for; raises ``OSError`` if unlistable."""
-        if not os.path.isdir(self.source):
-            os.stat(self.source)  # raises when missing or unreachable
-            return [self.source]
-        names = sorted(name for name in os.listdir(self.source) if not name.startswith("."))
-        files = []
-        for name in names:
-            path = os.path.join(self.source, name)
-            try:
-                if stat.S_ISREG(os.stat(path).st_mode):
-                    files.append(path)
-            except OSError:
-                continue  # vanished between listdir and stat, or a dangling link
-        return files
-
     def _current_signature(self) -> _Signature:
         try:
-            signature = []
-            for path in self._files():
-                st = os.stat(path)
-                signature.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-            return tuple(signature)
+            return files_signature(source_files(self.source, hidden=False))
         except OSError as exc:
             return "unreadable: %s" % exc.strerror
 

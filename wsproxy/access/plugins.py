@@ -20,10 +20,11 @@ import hmac
 import http.client
 import logging
 import re
-import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from wsproxy.plugins import AuthenticationError, BasePlugin, InvalidOriginError, load_plugin
+from wsproxy.plugins import MAX_STUCK  # noqa: F401  (public here too)
+from wsproxy.plugins import (AuthenticationError, BasePlugin, InvalidOriginError, PluginBusy,
+                             PluginRunner, PluginTimeout, build_plugin)
 from wsproxy.protocol.errors import HandshakeError
 from wsproxy.settings import ConfigError, Settings
 from wsproxy.tokens import SERVICE_TIMEOUT
@@ -41,8 +42,6 @@ AUTH_PLUGINS: Dict[str, str] = {
 CLIENT_CN_HEADER = "SSL_CLIENT_S_DN_CN"
 #: Seconds a plugin from elsewhere may take to decide (the token lookups' deadline).
 AUTH_TIMEOUT = SERVICE_TIMEOUT
-#: Plugin calls past their deadline that may still be running; more get 503 at once.
-MAX_STUCK = 16
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -141,19 +140,11 @@ class PluginAuth:
     """
 
     def __init__(self, name: str, source: Optional[str], timeout: float = AUTH_TIMEOUT) -> None:
-        plugin_class = load_plugin(name, AUTH_PLUGINS, "auth-plugin")
         self.name = name
         self.timeout = timeout
-        try:
-            self.plugin = plugin_class(source)
-        except ConfigError:
-            raise
-        except (Exception, SystemExit) as exc:
-            raise ConfigError("auth-plugin: %s refused --auth-source: %s: %s"
-                              % (name, type(exc).__name__, exc)) from None
-        self.bounded = bool(getattr(self.plugin, "bounded", False))
-        self._lock = threading.Lock()
-        self._running = 0
+        self.plugin = build_plugin(name, AUTH_PLUGINS, "auth-plugin", "auth-source", source)
+        self.runner = PluginRunner(self.plugin, "wsproxy-auth-plugin", timeout)
+        self.bounded = self.runner.bounded
 
     def check(self, header_list: Sequence[Tuple[str, str]], target_host: Optional[str],
               target_port: Optional[int], peer_cert: Optional[Mapping[str, Any]] = None) -> None:
@@ -180,28 +171,13 @@ class PluginAuth:
 
     def _run(self, headers, target_host, target_port) -> Optional[BaseException]:
         """The plugin's exception, or None when it accepted."""
-        if self.bounded:
-            return self._call(headers, target_host, target_port)
-        with self._lock:
-            if self._running >= MAX_STUCK:
-                return HandshakeError(503, "authentication unavailable")
-            self._running += 1
-        outcome: List[Optional[BaseException]] = []
-        finished = threading.Event()
-
-        def run() -> None:
-            try:
-                outcome.append(self._call(headers, target_host, target_port))
-            finally:
-                with self._lock:
-                    self._running -= 1
-                finished.set()
-
-        threading.Thread(target=run, name="wsproxy-auth-plugin", daemon=True).start()
-        if not finished.wait(self.timeout):
+        try:
+            return self.runner.run(lambda: self._call(headers, target_host, target_port))
+        except PluginBusy:
+            return HandshakeError(503, "authentication unavailable")
+        except PluginTimeout:
             logger.warning("auth plugin %s gave no answer in %g s", self.name, self.timeout)
             return HandshakeError(503, "authentication unavailable")
-        return outcome[0]
 
     def _call(self, headers, target_host, target_port) -> Optional[BaseException]:
         try:

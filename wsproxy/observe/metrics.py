@@ -185,30 +185,30 @@ def render(blocks: Sequence[Sequence[int]], labelled: bool) -> str:
         labels = ((("worker", str(worker)),) if labelled else ()) + pairs
         lines.append("%s%s %s" % (name, _labels(labels), _number(value)))
 
-    family("wsproxy_sessions_opened_total", "counter", "WebSocket sessions that started relaying.")
-    for worker, block in enumerate(blocks):
-        sample("wsproxy_sessions_opened_total", worker, block[_OPENED])
+    def one_each(name: str, kind: str, text: str, slot: int) -> None:
+        family(name, kind, text)
+        for worker, block in enumerate(blocks):
+            sample(name, worker, block[slot])
+
+    def by_slot(name: str, first: int, count: int, label: str, label_of) -> None:
+        # One sample per slot that counted anything, labelled with what the slot stands for.
+        for worker, block in enumerate(blocks):
+            for index in range(count):
+                if block[first + index]:
+                    sample(name, worker, block[first + index], (label, label_of(index)))
+
+    one_each("wsproxy_sessions_opened_total", "counter",
+             "WebSocket sessions that started relaying.", _OPENED)
     family("wsproxy_sessions_closed_total", "counter",
            "Sessions that ended, by WebSocket close code (1006: the connection just ended).")
-    for worker, block in enumerate(blocks):
-        for index in range(_CLOSE_SLOTS):
-            if block[_CLOSED + index]:
-                sample("wsproxy_sessions_closed_total", worker, block[_CLOSED + index],
-                       ("code", _close_label(index)))
-    family("wsproxy_open_sessions", "gauge", "Sessions relaying now.")
-    for worker, block in enumerate(blocks):
-        sample("wsproxy_open_sessions", worker, block[_OPEN])
-    family("wsproxy_pending_handshakes", "gauge",
-           "Connections accepted that have not finished their handshake.")
-    for worker, block in enumerate(blocks):
-        sample("wsproxy_pending_handshakes", worker, block[_PENDING])
+    by_slot("wsproxy_sessions_closed_total", _CLOSED, _CLOSE_SLOTS, "code", _close_label)
+    one_each("wsproxy_open_sessions", "gauge", "Sessions relaying now.", _OPEN)
+    one_each("wsproxy_pending_handshakes", "gauge",
+             "Connections accepted that have not finished their handshake.", _PENDING)
     family("wsproxy_handshake_failures_total", "counter",
            "Handshakes and HTTP requests refused, by the HTTP status answered.")
-    for worker, block in enumerate(blocks):
-        for index in range(_STATUS_SLOTS):
-            if block[_REFUSED + index]:
-                sample("wsproxy_handshake_failures_total", worker, block[_REFUSED + index],
-                       ("status", _status_label(index)))
+    by_slot("wsproxy_handshake_failures_total", _REFUSED, _STATUS_SLOTS, "status",
+            _status_label)
     family("wsproxy_payload_bytes_total", "counter",
            "Payload bytes relayed by ended sessions, by direction.")
     for worker, block in enumerate(blocks):

@@ -11,12 +11,11 @@ a helper thread and is given up on after the lookup deadline (at most
 """
 
 import logging
-import threading
 from typing import Any, Dict, Optional
 
-from wsproxy.plugins import load_plugin
+from wsproxy.plugins import MAX_STUCK  # noqa: F401  (public here too)
+from wsproxy.plugins import PluginBusy, PluginRunner, PluginTimeout, build_plugin
 from wsproxy.protocol.errors import HandshakeError
-from wsproxy.settings import ConfigError
 from wsproxy.targets import Target
 
 from .base import LOOKUP_TIMEOUT, TokenLookupError, TokenRejected, answer_to_target
@@ -35,9 +34,6 @@ TOKEN_PLUGINS: Dict[str, str] = {
     "UnixDomainSocketDirectory": "wsproxy.routing.files:UnixDomainSocketDirectory",
 }
 
-#: Plugin calls past their deadline that may still be running; more get 503 at once.
-MAX_STUCK = 16
-
 #: Longest token handed to a plugin; a longer one is unknown without asking.
 MAX_TOKEN = 16 * 1024
 
@@ -50,19 +46,11 @@ class PluginTokens:
     """
 
     def __init__(self, name: str, source: Optional[str], timeout: float = LOOKUP_TIMEOUT) -> None:
-        plugin_class = load_plugin(name, TOKEN_PLUGINS, "token-plugin")
         self.name = name
         self.timeout = timeout
-        try:
-            self.plugin = plugin_class(source)
-        except ConfigError:
-            raise
-        except (Exception, SystemExit) as exc:  # websockify's plugins may sys.exit()
-            raise ConfigError("token-plugin: %s refused --token-source: %s: %s"
-                              % (name, type(exc).__name__, exc)) from None
-        self.bounded = bool(getattr(self.plugin, "bounded", False))
-        self._lock = threading.Lock()
-        self._running = 0
+        self.plugin = build_plugin(name, TOKEN_PLUGINS, "token-plugin", "token-source", source)
+        self.runner = PluginRunner(self.plugin, "wsproxy-token-plugin", timeout)
+        self.bounded = self.runner.bounded
 
     def lookup(self, token: str) -> Optional[Target]:
         """The target for ``token``, or None when the plugin does not know it.
@@ -90,33 +78,14 @@ class PluginTokens:
             reload()
 
     def _ask(self, token: str) -> Any:
-        if self.bounded:
-            return self._call(token)
-        with self._lock:
-            if self._running >= MAX_STUCK:
-                raise TokenLookupError("token plugin %s: %d lookups still running past their "
-                                       "deadline" % (self.name, self._running))
-            self._running += 1
-        outcome: Dict[str, Any] = {}
-        finished = threading.Event()
-
-        def run() -> None:
-            try:
-                outcome["answer"] = self._call(token)
-            except (TokenLookupError, TokenRejected) as exc:
-                outcome["error"] = exc
-            finally:
-                with self._lock:
-                    self._running -= 1
-                finished.set()
-
-        threading.Thread(target=run, name="wsproxy-token-plugin", daemon=True).start()
-        if not finished.wait(self.timeout):
+        try:
+            return self.runner.run(lambda: self._call(token))
+        except PluginBusy as exc:
+            raise TokenLookupError("token plugin %s: %d lookups still running past their "
+                                   "deadline" % (self.name, exc.running)) from None
+        except PluginTimeout:
             raise TokenLookupError("token plugin %s gave no answer in %g s"
-                                   % (self.name, self.timeout))
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("answer")
+                                   % (self.name, self.timeout)) from None
 
     def _call(self, token: str) -> Any:
         try:

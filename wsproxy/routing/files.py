@@ -16,10 +16,11 @@ import os
 import re
 import stat
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from wsproxy.settings import ConfigError
 from wsproxy.targets import Target
+from wsproxy.tokens import files_signature, source_files
 
 from .base import MAX_ANSWER, BuiltinPlugin, TokenLookupError, split_host_port
 
@@ -36,6 +37,13 @@ def _need(source: Optional[str], what: str, plugin: str) -> str:
     if not source:
         raise ConfigError("token-source: %s needs %s" % (plugin, what))
     return os.path.abspath(os.path.expanduser(source))
+
+
+def _need_directory(source: Optional[str], what: str, plugin: str) -> str:
+    path = _need(source, what, plugin)
+    if not os.path.isdir(path):
+        raise ConfigError("token-source: %s needs a directory; %s is not one" % (plugin, path))
+    return path
 
 
 class ReadOnlyTokenFile(BuiltinPlugin):
@@ -66,28 +74,10 @@ class ReadOnlyTokenFile(BuiltinPlugin):
         with self._lock:
             self._load(self._current_signature())
 
-    def _files(self) -> List[str]:
-        # websockify reads every file of the directory, hidden ones included;
-        # sorted here so that which of two lines for one token wins is fixed.
-        if not os.path.isdir(self.path):
-            return [self.path]
-        files = []
-        for name in sorted(os.listdir(self.path)):
-            path = os.path.join(self.path, name)
-            try:
-                if stat.S_ISREG(os.stat(path).st_mode):
-                    files.append(path)
-            except OSError:
-                continue
-        return files
-
     def _current_signature(self) -> _Signature:
+        # websockify reads every file of the directory, hidden ones included.
         try:
-            signature = []
-            for path in self._files():
-                st = os.stat(path)
-                signature.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-            return tuple(signature)
+            return files_signature(source_files(self.path, hidden=True))
         except OSError as exc:
             raise TokenLookupError("%s %s: cannot read: %s"
                                    % (self.name, self.path, exc.strerror or exc)) from None
@@ -153,10 +143,7 @@ class TokenFileName(BuiltinPlugin):
 
     def __init__(self, src: Optional[str]) -> None:
         super().__init__(src)
-        self.path = _need(src, "a directory", self.name)
-        if not os.path.isdir(self.path):
-            raise ConfigError("token-source: TokenFileName needs a directory; %s is not one"
-                              % self.path)
+        self.path = _need_directory(src, "a directory", self.name)
 
     def lookup(self, token: str) -> Optional[Target]:
         name = os.path.basename(token)
@@ -191,10 +178,7 @@ class UnixDomainSocketDirectory(BuiltinPlugin):
 
     def __init__(self, src: Optional[str]) -> None:
         super().__init__(src)
-        self.path = _need(src, "a directory of Unix sockets", self.name)
-        if not os.path.isdir(self.path):
-            raise ConfigError("token-source: UnixDomainSocketDirectory needs a directory; "
-                              "%s is not one" % self.path)
+        self.path = _need_directory(src, "a directory of Unix sockets", self.name)
 
     def lookup(self, token: str) -> Optional[Target]:
         if "\x00" in token:
