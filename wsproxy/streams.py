@@ -275,6 +275,8 @@ class TLSStream(SocketStream):
         self._send_lock = threading.Lock()
         self._ciphertext = collections.deque()  # type: Deque[bytes]
         self._eof = False
+        # shutdown_write() was called while received data waited to be read.
+        self._shutdown_wanted = False
 
     @property
     def tls_object(self) -> ssl.SSLObject:
@@ -391,7 +393,12 @@ class TLSStream(SocketStream):
                     count = 0
                     if not self._eof:
                         failure = exc
+                # Everything at hand is read: a close_notify put off by
+                # shutdown_write() can go now without losing any of it.
+                notified = count < 0 and self._close_notify_if_idle_locked()
                 self._take_ciphertext_locked()
+            if notified:
+                self._finish_shutdown()
             if failure is not None:
                 self._send_alert()
                 raise failure
@@ -452,14 +459,36 @@ class TLSStream(SocketStream):
         return not self._ciphertext
 
     def shutdown_write(self) -> None:
-        """Send TLS close_notify, then TCP EOF."""
+        """Send TLS close_notify, then TCP EOF; reading goes on until the peer's EOF.
+
+        ``SSLObject.unwrap`` sends close_notify and then also reads, for the
+        peer's: with application data already received and not yet read,
+        OpenSSL consumes it or fails the connection, and whatever the peer
+        was still sending is lost.  So close_notify is sent only when
+        nothing received is waiting to be read; otherwise the reader sends it
+        as soon as it has taken everything at hand (:meth:`recv_into`).
+        """
+        with self._tls_lock:
+            self._shutdown_wanted = True
+            sent = self._close_notify_if_idle_locked()
+        if sent:
+            self._finish_shutdown()
+
+    def _close_notify_if_idle_locked(self) -> bool:
+        """Under ``_tls_lock``: send close_notify if asked and nothing is waiting to be read."""
+        if not self._shutdown_wanted or self._incoming.pending or self._tls.pending():
+            return False
+        self._shutdown_wanted = False
         try:
-            with self._tls_lock:
-                try:
-                    self._tls.unwrap()
-                except ssl.SSLError:
-                    pass
-                self._take_ciphertext_locked()
+            self._tls.unwrap()
+        except ssl.SSLError:
+            pass  # want-read: the peer's close_notify has not come (yet)
+        self._take_ciphertext_locked()
+        return True
+
+    def _finish_shutdown(self) -> None:
+        """Send the queued close_notify, then the TCP EOF."""
+        try:
             self._send_queued(wait=True)
         except (OSError, ValueError):
             pass
