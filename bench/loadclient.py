@@ -161,6 +161,12 @@ class Downstream:
                 raise RuntimeError("receive buffer full (frames far smaller than expected)")
             if waitall:  # raw: the total is known; wake once per MiB, not per segment
                 count = recv_into(view[end:min(wanted, end + 1024 * 1024)], 0, socket.MSG_WAITALL)
+            elif not raw and not job.get("tls") and frames.pending is not None \
+                    and frames.pending[1] - end > 4096:
+                # Inside a frame whose length is known: wake once per frame (at most per
+                # MiB), as the raw rows wake once per MiB, not once per segment.
+                stop = min(frames.pending[1], end + 1024 * 1024, capacity)
+                count = recv_into(view[end:stop], 0, socket.MSG_WAITALL)
             else:
                 count = recv_into(view[end:])
             if not count:

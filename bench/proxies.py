@@ -76,6 +76,19 @@ KINDS: Dict[str, ProxyKind] = {kind.key: kind for kind in [
 ]}
 
 
+#: ``bench/run.py --compare PATH``: the wsproxy of another checkout, run beside this one.
+COMPARE = "wsproxy-compare"
+
+
+def compare_kind(root: str) -> ProxyKind:
+    """wsproxy imported from ``root`` (``-m`` would import this checkout's, the working directory)."""
+    code = ("import runpy, sys; sys.path.insert(0, %r); "
+            "runpy.run_module('wsproxy', run_name='__main__', alter_sys=True)" % root)
+    return ProxyKind(COMPARE, "wsproxy (%s)" % root,
+                     lambda listen, target: [sys.executable, "-c", code, "-f", "--cert", CERT,
+                                             listen, target])
+
+
 class RunningProxy:
     """A started proxy: its port, its process tree, its memory and CPU."""
 

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import envs
 import profiling
 import report
-from proxies import KINDS, RunningProxy, TargetServer
+from proxies import COMPARE, KINDS, RunningProxy, TargetServer, compare_kind
 from scenarios import BY_NAME, DIRECT, SCENARIOS, Bench, Scenario
 
 MIB = 1024 * 1024
@@ -243,7 +243,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--profile", nargs="*", metavar="SCENARIO",
                         help="profile wsproxy with py-spy in these scenarios (none named: those "
                              "whose target was missed)")
+    parser.add_argument("--proxies", nargs="+", metavar="KEY", choices=sorted(KINDS),
+                        help="run only against these proxies (and the direct rows): %s"
+                             % ", ".join(sorted(KINDS)))
+    parser.add_argument("--compare", metavar="PATH",
+                        help="also run the wsproxy of another checkout (its root, holding "
+                             "wsproxy/), shown as 'wsproxy (PATH)' beside this one")
     options = parser.parse_args(argv)
+    if options.compare and not os.path.isdir(os.path.join(options.compare, "wsproxy")):
+        parser.error("--compare: %s holds no wsproxy/ package" % options.compare)
     if options.rounds is not None and options.rounds < 1:
         parser.error("--rounds must be at least 1")
     if options.profile:
@@ -265,6 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     scenarios = [BY_NAME[name] for name in options.only] if options.only else \
         [s for s in SCENARIOS if not (s.full_only and settings.quick)]
+    scenarios = _select_proxies(scenarios, options.proxies, options.compare)
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **machine())
     info["wsproxy"] = "this checkout, %s" % wsproxy_revision()
     for venv, found in versions.items():
@@ -310,6 +319,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         for proxy in running.values():
             proxy.stop()
         targets.stop()
+
+
+def _select_proxies(scenarios: List[Scenario], keep: Optional[List[str]],
+                    compare: Optional[str]) -> List[Scenario]:
+    """The scenarios with only the ``--proxies`` named, and ``--compare``'s wsproxy beside ours."""
+    if compare:
+        KINDS[COMPARE] = compare_kind(os.path.abspath(compare))
+    chosen = []
+    for scenario in scenarios:
+        proxies = [k for k in scenario.proxies
+                   if keep is None or k in keep or k == DIRECT or k == scenario.reference]
+        if compare and "wsproxy" in proxies:
+            proxies.insert(proxies.index("wsproxy") + 1, COMPARE)
+        if proxies:
+            chosen.append(Scenario(scenario.name, scenario.title, scenario.kind, proxies,
+                                   scenario.reference, scenario.full_only, **scenario.params))
+    return chosen
 
 
 def _has_workers(proxy: RunningProxy, deadline: float = 5.0) -> bool:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -256,3 +257,24 @@ def test_write_timeout_ends_a_session_blocked_splicing(proxy, make_target, wspro
                                     what="the stalled session to end")
         assert "close 1006" in line and "no byte for 0.5 s (--write-timeout)" in line, line
         assert spliced_bytes(wsproxy_log) > 0
+
+
+def test_slow_reader_is_never_cut_while_splicing(proxy, make_target, wsproxy_log):
+    """Bytes the client takes count as progress for a splice waiting for room.
+
+    The client takes 32 KiB every 0.1 s: too little for the kernel to report
+    room within the 0.5 s write timeout, but never nothing.
+    """
+    target = make_target(echo=False, send_on_connect=os.urandom(64 * MIB), close_after_send=True)
+    running = proxy(target=target, write_timeout=0.5)
+    with running.session(protocols=["binary"]) as ws:
+        ws.recv_data_message()
+        wsproxy_log.wait_for(lambda line: SPLICE_ON in line)
+        received = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:
+            received += len(ws.sock.recv(32 * 1024))
+            time.sleep(0.1)  # the slow reader under test, not a synchronisation
+        assert running.server.open_sessions == 1
+        assert received > 0
+        assert not wsproxy_log.find("--write-timeout")

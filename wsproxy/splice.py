@@ -56,10 +56,6 @@ _COPY_BUFFER = 16 * 1024
 _SMALL = 4 * 1024
 
 _MOVE = getattr(os, "SPLICE_F_MOVE", 0)
-#: getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.6+): nine u32 counters, of
-#: which the send buffer's limit and its queued bytes (include/uapi/linux/sock_diag.h).
-_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
-_SK_SNDBUF, _SK_WMEM_QUEUED = 3, 5
 #: Errors meaning "this pair of descriptors cannot be spliced": copy instead.
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
 
@@ -227,25 +223,33 @@ class SplicePump:
     def _splice_out(self, count: int) -> None:
         """Drain the pipe's ``count`` bytes into the client socket.
 
-        A blocking splice into a socket cannot be timed out (the kernel
-        ignores SPLICE_F_NONBLOCK on the socket side), so with a write
-        timeout each splice moves only what the socket buffer has room for,
-        and :func:`_wait_for_room` waits for room under the same rule as
-        the stream's own writes: no byte taken for ``write_timeout``
-        seconds aborts the stream and raises ``WriteTimeout``.
+        A splice into a blocking socket cannot be given a deadline from
+        here (the kernel ignores SPLICE_F_NONBLOCK on the socket side), so
+        with a write timeout the socket carries one of its own
+        (``SO_SNDTIMEO``, a quarter of ``write_timeout``, set when the pipe
+        is made): a splice that moves nothing for that long fails with
+        EAGAIN, and the send queue is asked (``SIOCOUTQ``) whether the
+        client took any byte meanwhile.  As for the stream's own writes,
+        every byte taken counts as progress, so a slow reader is never
+        cut; one that takes nothing for ``write_timeout`` seconds aborts
+        the stream and raises ``WriteTimeout``.  One splice per frame, and
+        no system call beyond it while the client keeps up.
         """
         client = self.relay.client
         destination = client.fileno()
         timeout = client.write_timeout if client.sock.gettimeout() is None else None
         left = count
+        deadline = queued = None
         while left:
-            size = left
-            if timeout:
-                size = min(left, _wait_for_room(client, timeout))
+            started = time.monotonic()
             try:
-                left -= os.splice(self._pipe[0], destination, size, flags=_MOVE)
+                left -= os.splice(self._pipe[0], destination, left, flags=_MOVE)
+                deadline = None
             except BlockingIOError:
-                _wait(destination, select.POLLOUT, client.sock.gettimeout())
+                if not timeout:  # a socket with a timeout is non-blocking underneath
+                    _wait(destination, select.POLLOUT, client.sock.gettimeout())
+                    continue
+                deadline, queued = self._no_room(timeout, started, deadline, queued)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     raise
@@ -256,6 +260,26 @@ class SplicePump:
                     client.sendall([chunk])
                     left -= len(chunk)
 
+    def _no_room(self, timeout: float, started: float, deadline, queued):
+        """A splice found no room for ``SO_SNDTIMEO``: go on while the client takes bytes.
+
+        Returns the new deadline and send-queue size; raises
+        ``WriteTimeout`` (after aborting the client stream) once no byte
+        left the queue for ``timeout`` seconds.
+        """
+        client = self.relay.client
+        now = time.monotonic()
+        now_queued = _unsent(client.sock)
+        if deadline is None:
+            deadline = started + timeout
+        elif now_queued is not None and queued is not None and now_queued < queued:
+            deadline = now + timeout  # the client took bytes: room will come
+        if now >= deadline:
+            exc = WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
+            client.break_with(exc)
+            raise exc
+        return deadline, now_queued
+
     # -- the pipe ---------------------------------------------------------------------------
 
     def _open_pipe(self) -> bool:
@@ -264,10 +288,10 @@ class SplicePump:
             return True
         client = self.relay.client
         if client.write_timeout:
-            try:  # the write timeout needs the socket's free room
-                _room(client.sock)
+            try:  # the write timeout's clock for blocking splices (see _splice_out)
+                _set_send_timeout(client.sock, client.write_timeout / 4)
             except OSError as exc:
-                self._give_up("no SO_MEMINFO: %s" % os.strerror(exc.errno))
+                self._give_up("no SO_SNDTIMEO: %s" % os.strerror(exc.errno))
                 return False
         try:
             self._pipe = os.pipe2(os.O_CLOEXEC)
@@ -298,49 +322,15 @@ class SplicePump:
         logger.debug("%sdownstream: copying, %s", self.relay.log_prefix, why)
 
 
-def _room(sock: socket.socket) -> int:
-    """Bytes one splice may move into ``sock`` without blocking (0: none now).
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """``SO_SNDTIMEO``: a blocking send (or splice) into ``sock`` waits at most ``seconds``.
 
-    ``SO_MEMINFO`` gives the send buffer's limit and what it holds, both in
-    the kernel's accounting (payload plus per-buffer overhead: spliced
-    pages were measured at up to 1.4 times their bytes); a quarter of the
-    free space leaves the margin for that.
+    Only blocking writes feel it: every other write to the client goes out
+    with ``MSG_DONTWAIT`` (:func:`wsproxy.streams.send_before`).
     """
-    info = struct.unpack_from("9I", sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 36))
-    return max(0, info[_SK_SNDBUF] - info[_SK_WMEM_QUEUED]) // 4
-
-
-def _wait_for_room(stream, timeout: float) -> int:
-    """Wait until ``stream``'s socket has room; return how much.
-
-    Room is asked for again every quarter of ``timeout``; the deadline
-    moves whenever the peer took bytes (the send queue shrank), as in
-    :func:`wsproxy.streams.send_before`.  Raises ``WriteTimeout`` after
-    aborting the stream when the peer takes nothing for ``timeout``.
-    """
-    sock = stream.sock
-    room = _room(sock)
-    if room:
-        return room
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    deadline = time.monotonic() + timeout
-    queued = _unsent(sock)
-    while True:
-        left = deadline - time.monotonic()
-        if left > 0:
-            poller.poll(min(left, timeout / 4) * 1000)
-        room = _room(sock)
-        if room:
-            return room
-        now_queued = _unsent(sock)
-        if now_queued is not None and queued is not None and now_queued < queued:
-            deadline = time.monotonic() + timeout  # the peer took bytes: room will come
-        queued = now_queued
-        if time.monotonic() >= deadline:
-            exc = WriteTimeout("the peer accepted no byte for %g s (--write-timeout)" % timeout)
-            stream.break_with(exc)
-            raise exc
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1e6) or (0 if whole else 1)  # 0 would mean "forever"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", whole, micro))
 
 
 def _wait(fd: int, event: int, timeout: Optional[float]) -> None:
