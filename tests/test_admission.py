@@ -166,3 +166,62 @@ def test_the_cap_counts_the_forwarded_client_address(proxy):
                                     headers={"X-Forwarded-For": "203.0.113.6"}))
     for ws in sessions:
         ws.close()
+
+
+def test_each_prompt_connection_is_asked_for_unread_bytes_once(monkeypatch):
+    """A burst from one address past its share stays linear.
+
+    Every connection of an address over its share makes the server look for
+    a stalled one to evict, oldest first.  The prompt ones (their bytes
+    wait, unread by their busy threads) are skipped; each must be asked
+    once, not again for every later connection: with thousands pending that
+    was a system call per pending connection per accept, all in the accept
+    loop.
+    """
+    from wsproxy import admission
+    asked = []
+    real = admission._has_unread_bytes
+
+    def counting(sock):
+        asked.append(sock)
+        return real(sock)
+
+    monkeypatch.setattr(admission, "_has_unread_bytes", counting)
+    pending = admission.PendingHandshakes(limit=1000, share=2, stall_grace=0.0)
+    pairs = []
+    try:
+        for _ in range(60):
+            server_side, client_side = socket.socketpair()
+            pairs += [server_side, client_side]
+            client_side.sendall(b"GET / HTTP/1.1\r\n")  # prompt: its request is there
+            assert pending.admit(server_side, ("127.0.0.1", 1), lambda key, why: None)
+        assert len(pending) == 60  # nothing evicted: none is stalled
+        assert len(asked) <= 60, "%d looks at 60 connections" % len(asked)
+    finally:
+        for sock in pairs:
+            sock.close()
+
+
+def test_a_stalled_connection_is_still_found_behind_prompt_ones(monkeypatch):
+    """The prompt ones leave the suspects for good; a silent one behind them is still evicted."""
+    from wsproxy import admission
+    pending = admission.PendingHandshakes(limit=1000, share=3, stall_grace=0.0)
+    evicted = []
+    pairs = [socket.socketpair() for _ in range(5)]
+    try:
+        for index, (server_side, client_side) in enumerate(pairs[:4]):
+            if index != 2:
+                client_side.sendall(b"GET")  # prompt; number 2 stays silent
+            assert pending.admit(server_side, ("127.0.0.1", 1), lambda key, why: evicted.append(key))
+        assert evicted == ["127.0.0.1"] and len(pending) == 3
+        pairs[2][1].settimeout(5)
+        assert pairs[2][1].recv(1) == b""  # the silent one was shut down
+        assert pending.admit(pairs[4][0], ("127.0.0.1", 1), lambda key, why: evicted.append(key))
+        assert evicted == ["127.0.0.1"], "no silent connection was left to evict"
+        for server_side, _ in pairs:
+            pending.finished(server_side)
+        assert len(pending) == 0 and not pending._suspects and not pending._counts
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

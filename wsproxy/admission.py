@@ -70,9 +70,13 @@ class PendingHandshakes:
         self.share = max(1, share)
         self.stall_grace = stall_grace
         self._lock = threading.Lock()
-        #: Per address, its pending connections oldest first.
-        self._by_key: Dict[str, "collections.OrderedDict[socket.socket, _Pending]"] = {}
         self._records: Dict[socket.socket, _Pending] = {}
+        #: Per address, how many of its connections are pending.
+        self._counts: Dict[str, int] = {}
+        #: Per address, its pending connections that may yet prove stalled, oldest first.
+        #: One found prompt leaves for good, so each is looked at (and its socket
+        #: asked for unread bytes) once, however many connections follow it.
+        self._suspects: Dict[str, "collections.OrderedDict[socket.socket, _Pending]"] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -87,25 +91,24 @@ class PendingHandshakes:
         key = address_key(address)
         now = time.monotonic()
         with self._lock:
-            mine = self._by_key.get(key)
-            if mine is not None and len(mine) >= self.share:
-                self._evict_stalled(mine, now, on_evict, "its share of pending handshakes is full")
+            if self._counts.get(key, 0) >= self.share:
+                self._evict_stalled(key, now, on_evict, "its share of pending handshakes is full")
             if len(self._records) >= self.limit:
-                for other in sorted(self._by_key.values(), key=len, reverse=True):
+                for other in sorted(self._counts, key=self._counts.__getitem__, reverse=True):
                     if self._evict_stalled(other, now, on_evict, "all pending handshakes are taken"):
                         break
             if len(self._records) >= self.limit:
                 return False
             record = _Pending(sock, key, now)
             self._records[sock] = record
-            self._by_key.setdefault(key, collections.OrderedDict())[sock] = record
+            self._link(record)
         return True
 
     def request_read(self, sock: socket.socket) -> None:
         """The client sent its whole request: it is no longer waited for."""
         record = self._records.get(sock)
         if record is not None:
-            record.request_read = True
+            record.request_read = True  # no lock: the next look at it drops it from the suspects
 
     def move(self, sock: socket.socket, address) -> None:
         """Count the connection for ``address`` from now on (the PROXY header named it)."""
@@ -115,7 +118,7 @@ class PendingHandshakes:
                 return
             self._unlink(record)
             record.key = address_key(address)
-            self._by_key.setdefault(record.key, collections.OrderedDict())[sock] = record
+            self._link(record)
 
     def finished(self, sock: socket.socket) -> bool:
         """The connection left the handshake (or closed); True the first time only.
@@ -130,28 +133,42 @@ class PendingHandshakes:
             self._unlink(record)
         return True
 
-    def _unlink(self, record: _Pending) -> None:
-        mine = self._by_key.get(record.key)
-        if mine is not None:
-            mine.pop(record.sock, None)
-            if not mine:
-                del self._by_key[record.key]
+    def _link(self, record: _Pending) -> None:
+        self._counts[record.key] = self._counts.get(record.key, 0) + 1
+        self._suspects.setdefault(record.key, collections.OrderedDict())[record.sock] = record
 
-    def _evict_stalled(self, records, now: float, on_evict, why: str) -> bool:
-        """Under the lock: shut down the oldest stalled connection of ``records``; True if one was."""
-        for record in records.values():
+    def _unlink(self, record: _Pending) -> None:
+        left = self._counts.get(record.key, 0) - 1
+        if left > 0:
+            self._counts[record.key] = left
+        else:
+            self._counts.pop(record.key, None)
+        suspects = self._suspects.get(record.key)
+        if suspects is not None:
+            suspects.pop(record.sock, None)
+            if not suspects:
+                del self._suspects[record.key]
+
+    def _evict_stalled(self, key: str, now: float, on_evict, why: str) -> bool:
+        """Under the lock: shut down the oldest stalled connection of ``key``; True if one was."""
+        suspects = self._suspects.get(key)
+        while suspects:
+            sock, record = next(iter(suspects.items()))
             if now - record.started < self.stall_grace:
                 return False  # oldest first: every later one is younger still
-            if record.request_read or _has_unread_bytes(record.sock):
-                continue  # the client did its part; the server is the slow one
+            if record.request_read or _has_unread_bytes(sock):
+                suspects.popitem(last=False)  # the client did its part; the server is the slow one
+                continue
             try:
-                record.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            del self._records[record.sock]
+            del self._records[sock]
             self._unlink(record)
             on_evict(record.key, why)
             return True
+        if suspects is not None:  # every one proved prompt
+            del self._suspects[key]
         return False
 
 

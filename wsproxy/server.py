@@ -16,6 +16,7 @@ import socket
 import socketserver
 import ssl
 import stat
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional, Set, Tuple
@@ -32,6 +33,7 @@ from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
+from .threads import start_unwaited
 
 logger = logging.getLogger("wsproxy")
 
@@ -42,6 +44,8 @@ _TLS_VERSIONS = {
 }
 #: How long :meth:`ProxyServer.shutdown` waits for sessions to finish closing.
 SHUTDOWN_GRACE = 5.0
+#: The first read of a connection (the sniff): a whole request head, as a rule.
+FIRST_READ = 4096
 #: Connections allowed in the handshake phase at once (see ``process_request``).
 MAX_PENDING_HANDSHAKES = 2048
 #: One client address's share of them, past which its stalled ones are evicted.
@@ -82,6 +86,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     #: The listen backlog (the kernel caps it at net.core.somaxconn): a burst of thousands of
     #: connections waits here, not in SYN retransmits of 1, 3, 7 s.
     request_queue_size = 4096
+    #: True once the listener's TCP_NODELAY is known to pass to accepted connections.
+    _nodelay_inherited = False
 
     def __init__(self, server_address: Tuple[str, int], settings: Optional[Settings] = None,
                  handler_class: type = ProxyRequestHandler,
@@ -106,6 +112,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._target_context: Optional[ssl.SSLContext] = None
         self._sessions: Set[ProxyRequestHandler] = set()
         self._sessions_lock = threading.Lock()
+        #: Connection threads started and not yet ended (see ``process_request``).
+        self._handlers = 0
+        self._handlers_done = threading.Condition(threading.Lock())
         self._sessions_started = 0  # --run-once looks at it
         self._reserved = 0
         self._pending = PendingHandshakes(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
@@ -142,6 +151,15 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def server_activate(self) -> None:
         super().server_activate()
+        # Linux gives accepted connections the listener's TCP_NODELAY: one
+        # setsockopt here instead of one per connection.
+        self._nodelay_inherited = False
+        if sys.platform.startswith("linux") and self.address_family != socket.AF_UNIX:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._nodelay_inherited = True
+            except OSError:
+                pass
         # Several processes (--workers) may wait on this socket; all wake for
         # one connection and only one gets it.  A blocking accept() would
         # leave the others stuck in it, deaf to shutdown(): socketserver
@@ -221,7 +239,32 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                                   format_address(client_address), interval=1.0)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        # Not socketserver's own: it keeps every thread in a list that it
+        # scans at each new connection (quadratic with thousands of
+        # sessions), and its start() waits in line for the GIL (see
+        # wsproxy.threads).  The threads are counted instead, and
+        # server_close() waits for the count to reach zero as before.
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address), daemon=self.daemon_threads)
+        with self._handlers_done:
+            self._handlers += 1
+        try:
+            start_unwaited(thread)
+        except BaseException:
+            self._handler_ended()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handler_ended()
+
+    def _handler_ended(self) -> None:
+        with self._handlers_done:
+            self._handlers -= 1
+            if not self._handlers:
+                self._handlers_done.notify_all()
 
     def _log_eviction(self, key: str, why: str) -> None:
         self.warnings.warning("stalled-handshake", "%s: closed a stalled connection still "
@@ -352,16 +395,19 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                     client_address = proxied
                     self._pending.move(sock, proxied)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
-            first = sock.recv(1, socket.MSG_PEEK)
-            if not first:
+            # One read, not a peek and then a read: the request head
+            # usually arrives whole in it, so a plain handshake reads once.
+            # Whatever it is, the bytes are handed on (to TLS, to the Flash
+            # check, to the request parser), never lost.
+            consumed = sock.recv(FIRST_READ)
+            if not consumed:
                 return None
-            kind = sniff.classify(first)
+            kind = sniff.classify(consumed)
             if kind is sniff.ConnectionKind.TLS:
-                started = self._start_tls(sock, peer, deadline)
+                started = self._start_tls(sock, peer, deadline, consumed)
                 return started + (client_address, local_address) if started else None
-            consumed = b""
-            if first == b"<":
-                consumed, kind = self._read_policy_request(sock, deadline)
+            if consumed[:1] == b"<":
+                consumed, kind = self._read_policy_request(sock, deadline, consumed)
                 if kind is sniff.ConnectionKind.FLASH_POLICY:
                     self._answer_flash(sock, peer)
                     return None
@@ -369,10 +415,11 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 logger.info("%s: plain connection refused (%s)", peer,
                             "--ssl-only" if settings.ssl_only else "--verify-client needs TLS")
                 return None
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            if not self._nodelay_inherited:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
             return SocketStream(sock), consumed, client_address, local_address
         except socket.timeout:
             logger.info("%s: no request before the handshake timeout", peer)
@@ -431,9 +478,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return client_address, None
         return real, reader.header.destination
 
-    def _read_policy_request(self, sock: socket.socket, deadline: float):
-        """Consume bytes while they may still be a Flash policy request."""
-        consumed = b""
+    def _read_policy_request(self, sock: socket.socket, deadline: float, consumed: bytes = b""):
+        """Consume bytes while they (``consumed`` so far) may still be a Flash policy request."""
         while True:
             kind = sniff.classify(consumed) if consumed else None
             if kind is not None:
@@ -456,12 +502,12 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                                                  settings.flash_policy_ports))
         logger.info("%s: answered a Flash policy request", peer)
 
-    def _start_tls(self, sock: socket.socket, peer: str, deadline: float):
+    def _start_tls(self, sock: socket.socket, peer: str, deadline: float, received: bytes = b""):
         if self.ssl_context is None:
             self.warnings.warning("tls-without-cert", "%s: TLS hello but no certificate "
                                   "configured (--cert); closing", peer)
             return None
-        stream = TLSStream(sock, self.ssl_context, server_side=True)
+        stream = TLSStream(sock, self.ssl_context, server_side=True, received=received)
         try:
             stream.do_handshake(max(0.0, deadline - time.monotonic()))
         except socket.timeout:
@@ -558,6 +604,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        if self.block_on_close:  # as socketserver does: wait for every connection's thread
+            with self._handlers_done:
+                self._handlers_done.wait_for(lambda: not self._handlers)
         self.observer.close()
 
     # -- timeouts ---------------------------------------------------------------------

@@ -265,9 +265,13 @@ class TLSStream(SocketStream):
     secure = True
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext,
-                 server_side: bool = True, server_hostname: Optional[str] = None) -> None:
+                 server_side: bool = True, server_hostname: Optional[str] = None,
+                 received: bytes = b"") -> None:
+        """``received``: bytes of the TLS stream already read from ``sock`` (the sniff's)."""
         super().__init__(sock)
         self._incoming = ssl.MemoryBIO()
+        if received:
+            self._incoming.write(received)
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_side=server_side, server_hostname=server_hostname)
