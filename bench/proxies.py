@@ -58,6 +58,12 @@ def _websockify_js(listen, target):
     return ["node", WEBSOCKIFY_JS, listen, target]
 
 
+def _floor(listen, target):
+    """bench/floor.py: the least a thread-per-connection Python proxy does (a yardstick)."""
+    return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.py"),
+            listen, target]
+
+
 def _socat(listen, target):
     """socat as a plain TCP relay; ``-b``: 256 KiB per read/write (its default is 8 KiB)."""
     host, port = listen.rsplit(":", 1)
@@ -73,6 +79,7 @@ KINDS: Dict[str, ProxyKind] = {kind.key: kind for kind in [
     ProxyKind("websocat", "websocat", _websocat),
     ProxyKind("websockify-js", "websockify-js", _websockify_js),
     ProxyKind("socat", "socat (TCP relay, limit)", _socat, raw=True),
+    ProxyKind("floor", "thread-per-connection floor (bench/floor.py)", _floor),
 ]}
 
 

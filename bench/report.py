@@ -310,10 +310,19 @@ def targets_websocat(results: Results) -> List[Tuple[str, str, str]]:
     add("Echo p99 ≤ 1.5× websocat's", p99, lambda v: v <= 1.5,
         "%s (%s vs %s µs)" % (_ratio_text(p99), _fmt(median_of(results, "echo", "wsproxy", "p99_us")),
                               _fmt(median_of(results, "echo", "websocat", "p99_us"))))
+    def floor_text(name: str) -> str:
+        """Where the shape itself stands: bench/floor.py's time against websocat's, if it ran."""
+        floor = ratio(results, name, "floor", [(name, "websocat")], min)
+        if floor is None:
+            return ""
+        return "; the thread-per-connection floor: %s (%s s)" % (
+            _ratio_text(floor), _fmt(median_of(results, name, "floor"), 2))
+
     opens = vs("sessions-1000", best=min)
     add("1,000 sessions opened at once ≤ 1.0× websocat's time", opens, lambda v: v <= 1.0,
-        "%s (%s vs %s s)" % (_ratio_text(opens), _fmt(median_of(results, "sessions-1000", "wsproxy"), 2),
-                             _fmt(median_of(results, "sessions-1000", "websocat"), 2)))
+        "%s (%s vs %s s)%s" % (_ratio_text(opens), _fmt(median_of(results, "sessions-1000", "wsproxy"), 2),
+                               _fmt(median_of(results, "sessions-1000", "websocat"), 2),
+                               floor_text("sessions-1000")))
     runs = results.get(("sessions-9000", "wsproxy"), {})
     good = list(ok_runs(results, "sessions-9000", "wsproxy").values())
     if runs:
@@ -325,8 +334,9 @@ def targets_websocat(results: Results) -> List[Tuple[str, str, str]]:
         add("9,000 sessions: 0 errors", None, bool, "")
     slow = vs("sessions-9000", best=min)
     add("9,000 sessions: whole run ≤ 2× websocat's time", slow, lambda v: v <= 2.0,
-        "%s (%s vs %s s)" % (_ratio_text(slow), _fmt(median_of(results, "sessions-9000", "wsproxy"), 2),
-                             _fmt(median_of(results, "sessions-9000", "websocat"), 2)))
+        "%s (%s vs %s s)%s" % (_ratio_text(slow), _fmt(median_of(results, "sessions-9000", "wsproxy"), 2),
+                               _fmt(median_of(results, "sessions-9000", "websocat"), 2),
+                               floor_text("sessions-9000")))
     base64 = ratio(results, "b64-up-64k", "wsproxy", [("up-64k", "wsproxy")])
     add("base64 upstream (64 KiB frames) ≥ 0.3× our binary", base64, lambda v: v >= 0.3,
         "%s (%s MB/s)" % (_ratio_text(base64), _fmt(median_of(results, "b64-up-64k", "wsproxy"))))
