@@ -1,60 +1,14 @@
-"""Connection threads: started without waiting in line, counted without a list.
+"""Connection threads: counted, not kept in a list.
 
-``Thread.start()`` waits until the new thread has run, which behind
-thousands of busy threads means waiting for the GIL; socketserver also
-keeps every connection thread in a list it scans at each new connection.
-Both were serial costs of the accept loop (see docs/performance.md).
+socketserver keeps every connection thread in a list that it scans at each
+new connection: with thousands of sessions, a serial cost of the accept
+loop that grows with every session (see docs/performance.md).
 """
 
 import socket
-import threading
 
 from conftest import wait_until
 from wsclient import open_session
-
-from wsproxy.threads import start_unwaited
-
-
-class _HeldAtStart(threading.Thread):
-    """A thread that cannot begin running until ``gate`` is set."""
-
-    def __init__(self, gate: threading.Event, ran: threading.Event) -> None:
-        super().__init__(target=ran.set, daemon=True, name="held-at-start")
-        self.gate = gate
-
-    def _bootstrap_inner(self):
-        self.gate.wait(10)
-        super()._bootstrap_inner()
-
-
-def test_start_unwaited_returns_before_the_thread_runs():
-    gate, ran = threading.Event(), threading.Event()
-    thread = _HeldAtStart(gate, ran)
-    start_unwaited(thread)  # Thread.start() would wait here until the gate's 10 s ran out
-    try:
-        assert not ran.is_set()
-        assert not thread.is_alive()  # not yet announced
-    finally:
-        gate.set()
-    assert ran.wait(5)
-    wait_until(lambda: not thread.is_alive(), 5, "the thread to end")
-    thread.join(5)  # once it ran, it joins as any thread does
-
-
-def test_start_unwaited_thread_is_an_ordinary_thread_once_running():
-    release, inside = threading.Event(), threading.Event()
-
-    def body():
-        inside.set()
-        release.wait(5)
-
-    thread = threading.Thread(target=body, daemon=True, name="unwaited")
-    start_unwaited(thread)
-    assert inside.wait(5)
-    assert thread.is_alive() and thread in threading.enumerate() and thread.ident
-    release.set()
-    thread.join(5)
-    assert not thread.is_alive()
 
 
 def test_connection_threads_are_not_kept_in_a_list(proxy):

@@ -33,7 +33,6 @@ from .protocol.errors import HandshakeError
 from .session import format_address
 from .settings import ConfigError, Settings
 from .streams import SocketStream, TLSStream
-from .threads import start_unwaited
 
 logger = logging.getLogger("wsproxy")
 
@@ -240,16 +239,19 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.shutdown_request(request)
             return
         # Not socketserver's own: it keeps every thread in a list that it
-        # scans at each new connection (quadratic with thousands of
-        # sessions), and its start() waits in line for the GIL (see
-        # wsproxy.threads).  The threads are counted instead, and
-        # server_close() waits for the count to reach zero as before.
+        # scans at each new connection, quadratic with thousands of
+        # sessions.  The threads are counted instead, and server_close()
+        # waits for the count to reach zero as socketserver's waits for its
+        # list.  Thread.start() waits until the new thread runs; that paces
+        # the accept loop, and is kept: threads started without waiting
+        # pile up thousands at once waiting for the GIL, where CPython's
+        # lock degrades into a storm of futex calls (docs/performance.md).
         thread = threading.Thread(target=self.process_request_thread,
                                   args=(request, client_address), daemon=self.daemon_threads)
         with self._handlers_done:
             self._handlers += 1
         try:
-            start_unwaited(thread)
+            thread.start()
         except BaseException:
             self._handler_ended()
             raise
