@@ -943,3 +943,44 @@ def test_a_run_of_tiny_binary_frames_is_one_buffer():
     stream = client_frame(BINARY, b"b", fin=False) + client_frame(CONT, b"b", fin=False) * (size - 1)
     out = Connection().receive_data(stream)
     assert len(out) == 1 and out[0] == b"b" * size
+
+
+# -- whole binary frames in one receive (the parser's fast path) -------------------------
+
+
+def test_runs_of_whole_binary_frames_match_any_split():
+    """Whole binary frames take a shorter path; the bytes out are those of any other split."""
+    rng = random.Random(15)
+    payloads = [rng.randbytes(size) for size in
+                (0, 1, 5, 125, 126, 127, 1000, 1024, 4096, 65535, 3, 200, 70000, 2)]
+    stream = b"".join(client_frame(BINARY, payload, mask=rng.randbytes(4)) for payload in payloads)
+    expected = b"".join(payloads)
+    assert feed(Connection(), whole(stream)) == expected
+    assert feed(Connection(), bytewise(stream)) == expected
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(stream)), 12))
+        pieces = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        assert feed(Connection(), pieces) == expected
+
+
+def test_whole_binary_frames_around_other_frames():
+    """Pings, fragments and text between whole binary frames are handled as ever."""
+    stream = (client_frame(BINARY, b"one") + client_frame(PING, b"p")
+              + client_frame(BINARY, b"tw", fin=False) + client_frame(CONT, b"o")
+              + client_frame(BINARY, b"three") + client_frame(TEXT, "four".encode())
+              + client_frame(BINARY, b"five"))
+    for pieces in (whole, bytewise):
+        connection = Connection()
+        assert feed(connection, pieces(stream)) == b"onetwothreefourfive"
+        assert [frame[1:] for frame in replies(connection)] == [(PONG, b"p")]
+
+
+def test_whole_binary_frame_inside_a_fragmented_message_is_1002():
+    """A complete binary frame is still a new message: not allowed inside a fragmented one."""
+    stream = client_frame(TEXT, b"par", fin=False) + client_frame(BINARY, b"x" * 300)
+    assert_fails(stream, 1002)
+
+
+def test_whole_binary_frames_with_reserved_bits_or_unmasked_still_fail():
+    assert_fails(client_frame(BINARY, b"a") + client_frame(BINARY, b"b", rsv=0x20), 1002, b"a")
+    assert_fails(client_frame(BINARY, b"a") + client_frame(BINARY, b"b", masked=False), 1002, b"a")
