@@ -5,6 +5,8 @@ A client that stops reading would otherwise pin both pump threads forever
 and every accepted byte extends it, so a slow reader is never cut.
 """
 
+import hashlib
+import os
 import socket
 import threading
 import time
@@ -125,3 +127,31 @@ def _closed(sock: socket.socket) -> bool:
     except OSError:
         return True
 
+
+
+def test_a_write_the_socket_takes_only_in_part_goes_on_where_it_stopped():
+    """The first non-blocking try may send part of a write: the rest follows, nothing twice."""
+    from wsproxy.streams import send_before
+    left, right = socket.socketpair()
+    try:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = os.urandom(1024 * 1024)
+        for buffers in ([data], [data[:100], data[100:]], [b"x" * 10, b"y" * 20]):
+            expected = b"".join(buffers)
+            received = []
+
+            def read_all():
+                got = 0
+                while got < len(expected):
+                    chunk = right.recv(65536)
+                    received.append(chunk)
+                    got += len(chunk)
+
+            reader = threading.Thread(target=read_all, daemon=True)
+            reader.start()
+            send_before(left, buffers, 5.0)
+            reader.join(10)
+            assert hashlib.sha256(b"".join(received)).digest() == hashlib.sha256(expected).digest()
+    finally:
+        left.close()
+        right.close()

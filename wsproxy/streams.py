@@ -99,8 +99,19 @@ def send_before(sock: socket.socket, buffers: Sequence, timeout: float) -> None:
     total = 0
     for buf in buffers:
         total += len(buf)
-    if len(buffers) == 1 or total < _JOIN_BELOW or len(buffers) > _MAX_IOV:
-        pending = [memoryview(buffers[0] if len(buffers) == 1 else b"".join(buffers))]
+    if len(buffers) > 1 and total < _JOIN_BELOW:
+        buffers = [b"".join(buffers)]
+    sent = 0
+    if len(buffers) == 1:
+        # Most writes leave whole at the first try: then no clock, no bookkeeping.
+        try:
+            sent = sock.send(buffers[0], _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == total:
+            return
+    if len(buffers) == 1 or len(buffers) > _MAX_IOV:
+        pending = [memoryview(buffers[0] if len(buffers) == 1 else b"".join(buffers))[sent:]]
     else:
         pending = [memoryview(buf) for buf in buffers]
     first = 0
