@@ -147,3 +147,22 @@ def test_invalid_input_fails_before_the_group_is_complete():
     decoder = Base64Decoder()
     with pytest.raises(ProtocolError):
         decoder.feed(b"Q=")
+
+
+@pytest.mark.parametrize("bad", [b"!", b"=", b"\n", b"-", b"\x00"])
+@pytest.mark.parametrize("where", [0, 1, 4095, 4096, 8190])
+def test_one_bad_character_in_a_long_piece_is_1007(bad, where):
+    """Long pieces of whole groups decode in one strict pass; any one foreign character still fails."""
+    text = bytearray(base64.b64encode(random.Random(where).randbytes(6144)))  # 8,192 characters, no padding
+    text[where] = bad[0]
+    for pieces in ([bytes(text)], [bytes(text[:7]), bytes(text[7:])], [bytearray(text)]):
+        assert_invalid(*pieces)
+
+
+def test_long_pieces_with_a_held_back_tail_decode_whole():
+    payload = random.Random(3).randbytes(10000)
+    text = base64.b64encode(payload)
+    decoder = Base64Decoder()
+    out = decoder.feed(bytearray(text[:4099])) + decoder.feed(text[4099:])
+    decoder.finish()
+    assert out == payload

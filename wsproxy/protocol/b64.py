@@ -10,8 +10,12 @@ next: ``QQ`` then ``QkNE`` is an error, not the bytes of ``QQQk`` ``NE``.
 """
 
 import binascii
+import sys
 
 from .errors import ProtocolError
+
+#: Python 3.11+: ``a2b_base64(strict_mode=True)`` checks the alphabet while it decodes.
+_STRICT = sys.version_info >= (3, 11)
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _ALPHABET_AND_PAD = _ALPHABET + b"="
@@ -48,7 +52,10 @@ class Base64Decoder:
 
     def feed(self, text) -> bytes:
         """Decode the next piece of the current message's text."""
-        data = self._carry + bytes(text) if self._carry else bytes(text)
+        if self._carry:
+            data = self._carry + bytes(text)
+        else:  # a fresh buffer (unmasked, or inflated) needs no copy
+            data = text if type(text) is bytes or type(text) is bytearray else bytes(text)
         if not data:
             return b""
         if self._padded:
@@ -56,6 +63,16 @@ class Base64Decoder:
         size = len(data)
         usable = size & ~3
         self._carry = data[usable:]
+        if _STRICT and usable and data[usable - 1] != 0x3D:
+            # The common piece: whole groups of the plain alphabet, no padding.
+            # The strict decoder rejects anything else, in one pass with the
+            # decoding; then the checks below name what was wrong.
+            try:
+                decoded = binascii.a2b_base64(memoryview(data)[:usable], strict_mode=True)
+            except binascii.Error:
+                decoded = None
+            if decoded is not None and not self._carry.translate(None, _ALPHABET):
+                return decoded
         if data.translate(None, _ALPHABET):
             # Slow path: something other than the plain alphabet is present.
             if data.translate(None, _ALPHABET_AND_PAD):
