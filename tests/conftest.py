@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Set, Union
 
 import pytest
 
@@ -76,11 +76,23 @@ def echo_round_trip(port: int, host: str = "127.0.0.1", size: int = 70000,
         ws.expect_closed()
 
 
+_HANDED_OUT: Set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on (bound then released).
+
+    Never one handed out before in this run: the kernel may give a released
+    port again at once, and two calls in a row (one server's two ports) must
+    not get the same one.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # -- TCP targets -------------------------------------------------------------------
