@@ -6,12 +6,13 @@ may log a traceback (the ``proxy`` fixture checks the log and stderr).
 
 import base64
 import os
+import socket
 
 import pytest
 
 from conftest import free_port, wait_until
 from wsclient import (ConnectionClosed, OP_BINARY, OP_TEXT, WSClient, accept_for,
-                      build_request, encode_frame)
+                      build_request, encode_frame, open_session)
 
 
 def refused(proxy_run, status, **request_options):
@@ -272,3 +273,32 @@ def test_wsclient_does_not_import_wsproxy():
         text = source.read()
     assert "import wsproxy" not in text and "from wsproxy" not in text
     assert WSClient.__module__ == "wsclient"
+
+
+def _session_sockets_have_nodelay(running, host: str = "127.0.0.1") -> None:
+    with open_session(running.port, protocols=["binary"], host=host) as ws:
+        ws.send_binary(b"x")
+        assert ws.recv_stream(1) == b"x"
+        wait_until(lambda: running.server.open_sessions == 1, 5, "the session")
+        (handler,) = list(running.server._sessions)
+        assert handler.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert handler.target_stream.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_client_and_target_sockets_have_nodelay(proxy):
+    """Small frames leave at once: Nagle's delay is off both ways (on Linux the
+    client's socket takes it from the listener, set once)."""
+    _session_sockets_have_nodelay(proxy())
+
+
+def test_client_sockets_have_nodelay_on_an_ipv6_listener(echo_target):
+    from conftest import RunningProxy, ipv6_available
+    from wsproxy import ProxyServer, Settings
+    if not ipv6_available():
+        pytest.skip("no IPv6 loopback here")
+    settings = Settings(target_host="127.0.0.1", target_port=echo_target.port)
+    running = RunningProxy(ProxyServer(("::1", 0), settings), settings)
+    try:
+        _session_sockets_have_nodelay(running, host="::1")
+    finally:
+        running.stop()

@@ -152,7 +152,6 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().server_activate()
         # Linux gives accepted connections the listener's TCP_NODELAY: one
         # setsockopt here instead of one per connection.
-        self._nodelay_inherited = False
         if sys.platform.startswith("linux") and self.address_family != socket.AF_UNIX:
             try:
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -65,6 +65,21 @@ MAX_PENDING_PONGS = 16
 OUTPUT_STEP = 64 * 1024
 
 
+def _add_binary(payload, out: List[bytes]) -> None:
+    """Hand on a piece of binary payload: a large one as it is, small ones joined in one buffer.
+
+    A run of small frames then costs the relay one write, not one per frame.
+    Every bytearray in ``out`` is a fresh buffer of this connection's, never
+    the caller's receive buffer, so appending to it is safe.
+    """
+    if len(payload) >= _SMALL_PIECE:
+        out.append(payload)
+    elif out and type(out[-1]) is bytearray:
+        out[-1] += payload
+    else:
+        out.append(bytearray(payload))
+
+
 class Connection:
     """One RFC 6455 server connection's protocol state.
 
@@ -237,13 +252,8 @@ class Connection:
                     stop = start + length
                     if 0 <= length and stop <= end:
                         if length:
-                            payload = apply_mask(view[start:stop], bytes(view[start - 4:start]))
-                            if length >= _SMALL_PIECE:
-                                out.append(payload)
-                            elif out and type(out[-1]) is bytearray:
-                                out[-1] += payload
-                            else:
-                                out.append(bytearray(payload))
+                            _add_binary(
+                                apply_mask(view[start:stop], bytes(view[start - 4:start])), out)
                         pos = stop
                         continue
             used = self._parse_header(view, pos, end)
@@ -361,12 +371,7 @@ class Connection:
         message = self._message
         if message == _BINARY:
             if payload:
-                if len(payload) >= _SMALL_PIECE:
-                    out.append(payload)
-                elif out and type(out[-1]) is bytearray:
-                    out[-1] += payload  # ours: a run of small frames costs one buffer
-                else:
-                    out.append(bytearray(payload))
+                _add_binary(payload, out)
         elif message & _COMPRESSED:
             self._on_compressed(payload, frame_done and self._fin, out)
         elif self._base64:
